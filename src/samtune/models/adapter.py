@@ -1,0 +1,229 @@
+"""The one interface behind which SAM families differ.
+
+The trainer, the evaluator and the predictor use only :class:`Adapter`: ``preprocess`` ->
+``encode`` -> ``decode`` -> ``postprocess``. Each step is batched: ``encode`` takes several
+images and ``decode`` takes any number of objects from any of those images, each with its
+prompts, in one call (no Python loop over objects).
+
+Coordinates: prompts reach ``decode`` in *model input* pixels (after the family's resize), as
+the official predictors pass them to the prompt encoder. :meth:`Adapter.transform_coords` maps
+original-image pixels there.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from samtune.models.registry import ModelSpec
+
+
+@dataclass
+class Features:
+    """Per-image encoder output: what the embedding cache stores and ``decode`` reads.
+
+    ``image_embed`` is (B, C, h, w). ``high_res`` holds SAM 2's finer feature maps, already
+    projected by the decoder's ``conv_s0``/``conv_s1`` as SAM 2's ``forward_image`` does
+    (empty for SAM and MobileSAM).
+    """
+
+    image_embed: torch.Tensor
+    high_res: tuple[torch.Tensor, ...] = ()
+
+    def __len__(self) -> int:
+        return self.image_embed.shape[0]
+
+    def select(self, index: torch.Tensor) -> Features:
+        """Rows ``index`` of every tensor: one row per object, for the decoder."""
+        return Features(self.image_embed[index], tuple(t[index] for t in self.high_res))
+
+    def to(self, *args, **kwargs) -> Features:
+        return Features(
+            self.image_embed.to(*args, **kwargs), tuple(t.to(*args, **kwargs) for t in self.high_res)
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"image_embed": self.image_embed}
+        out.update({f"high_res_{i}": t for i, t in enumerate(self.high_res)})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Features:
+        n = sum(1 for k in tensors if k.startswith("high_res_"))
+        return cls(tensors["image_embed"], tuple(tensors[f"high_res_{i}"] for i in range(n)))
+
+    @classmethod
+    def cat(cls, items: Sequence[Features]) -> Features:
+        return cls(
+            torch.cat([f.image_embed for f in items]),
+            tuple(torch.cat(ts) for ts in zip(*(f.high_res for f in items))),
+        )
+
+
+@dataclass
+class Prompts:
+    """Prompts for N objects, in model input pixels.
+
+    All objects in one record share a structure (same prompt kinds, same number of points);
+    ``image_index[i]`` says which image of the encoded batch object ``i`` belongs to.
+    Point labels: 1 foreground, 0 background, -1 padding (ignored by the model).
+    """
+
+    image_index: torch.Tensor
+    points: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    mask_inputs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) != (self.point_labels is None):
+            raise ValueError("points and point_labels must be given together")
+
+    def __len__(self) -> int:
+        return self.image_index.shape[0]
+
+    def select(self, index: torch.Tensor) -> Prompts:
+        def pick(t):
+            return None if t is None else t[index]
+
+        return Prompts(
+            self.image_index[index], pick(self.points), pick(self.point_labels),
+            pick(self.boxes), pick(self.mask_inputs),
+        )
+
+    def with_mask_inputs(self, mask_inputs: torch.Tensor | None) -> Prompts:
+        return replace(self, mask_inputs=mask_inputs)
+
+
+@dataclass
+class Preprocessed:
+    """A batch of images ready for ``encode``, with the sizes ``postprocess`` needs."""
+
+    images: torch.Tensor
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Refuse anything but HxWx3 uint8, the contract of the official predictors."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array (HxWx3 uint8 RGB), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what}: expected shape HxWx3 (RGB), got {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what}: expected dtype uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{what}: empty image {tuple(image.shape)}")
+    return image
+
+
+class Adapter(nn.Module, ABC):
+    """A SAM-family model behind samtune's interface; ``self.model`` is the official module.
+
+    Subclasses set ``family`` and ``group_prefixes`` (parameter-name prefixes of the official
+    module for ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``; anything else lands
+    in ``other``) and implement the five steps.
+    """
+
+    family: str = ""
+    group_prefixes: dict[str, tuple[str, ...]] = {}
+    #: the official predictor clamps the low-res logits it returns to this range (SAM 2)
+    output_logit_clamp: float | None = None
+
+    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    # --- the five steps -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Side of the square model input (1024 for the official models)."""
+
+    @property
+    @abstractmethod
+    def mask_input_size(self) -> tuple[int, int]:
+        """Size of low-res logits: what ``decode`` returns and accepts as a mask prompt."""
+
+    @abstractmethod
+    def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the image content inside the model input for an original (h, w)."""
+
+    @abstractmethod
+    def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
+        """HxWx3 uint8 RGB images -> normalized model input, exactly as the official predictor."""
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> Features:
+        """(B, 3, S, S) preprocessed images -> per-image features."""
+
+    @abstractmethod
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, K, h, w) low-res mask logits and (N, K) predicted IoU, K = 3 or 1.
+
+        ``features`` holds the encoded batch (one row per image); ``prompts.image_index``
+        picks each object's row.
+        """
+
+    @abstractmethod
+    def postprocess(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Low-res logits of one image's objects -> logits at the original size."""
+
+    # --- coordinates ----------------------------------------------------------------------
+    def coord_scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
+        """(sx, sy) that map original pixels to model input pixels."""
+        h, w = original_size
+        in_h, in_w = self.input_size_for(original_size)
+        return in_w / w, in_h / h
+
+    def transform_coords(
+        self, coords: np.ndarray | torch.Tensor, original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(..., 2) xy in original pixels -> model input pixels (float32).
+
+        Computed in float64 like the official numpy transforms, then cast.
+        """
+        sx, sy = self.coord_scale(original_size)
+        c = torch.as_tensor(np.asarray(coords, dtype=np.float64)).clone()
+        c[..., 0] *= sx
+        c[..., 1] *= sy
+        return c.float()
+
+    def transform_boxes(
+        self, boxes: np.ndarray | torch.Tensor, original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(..., 4) xyxy in original pixels -> model input pixels."""
+        b = np.asarray(boxes, dtype=np.float64)
+        return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
+
+    # --- parameter groups -----------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
+        """Official parameter names grouped as ``image_encoder``, ``prompt_encoder``,
+        ``mask_decoder`` and ``other``: the unit of freezing, LoRA targets and partial saving."""
+        groups: dict[str, dict[str, nn.Parameter]] = {g: {} for g in self.group_prefixes}
+        groups["other"] = {}
+        for name, p in self.model.named_parameters():
+            for group, prefixes in self.group_prefixes.items():
+                if name.startswith(prefixes):
+                    groups[group][name] = p
+                    break
+            else:
+                groups["other"][name] = p
+        return groups
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def extra_repr(self) -> str:
+        return f"name={self.spec.name}, family={self.family}"

@@ -1,0 +1,214 @@
+"""Checkpoint files: where they live, how they are downloaded and verified, how they are read.
+
+Reading never unpickles arbitrary objects (``torch.load(weights_only=True)``). Downloads go to
+``<name>.part`` beside the target, resume from there after a dropped connection, are checked
+against the published sha256 where there is one, and are renamed into place only when complete,
+so a file at its final name is always whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import pickle
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from samtune.errors import CheckpointError
+from samtune.models.registry import ModelSpec
+
+_CHUNK = 1 << 20
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def samtune_home() -> Path:
+    """The cache folder: ``$SAMTUNE_HOME``, default ``~/.cache/samtune``."""
+    return Path(os.environ.get("SAMTUNE_HOME") or Path.home() / ".cache" / "samtune")
+
+
+def cached_checkpoint(spec: ModelSpec) -> Path | None:
+    """The spec's official file in the cache folder, if it is there."""
+    if spec.filename is None:
+        return None
+    path = samtune_home() / spec.filename
+    return path if path.is_file() else None
+
+
+def fetch_checkpoint(spec: ModelSpec, progress: bool = True) -> Path:
+    """The cached official file for ``spec``, downloaded first when it is missing."""
+    found = cached_checkpoint(spec)
+    if found is not None:
+        return found
+    if spec.filename is None:
+        raise CheckpointError(f"{spec.name} has no official checkpoint: it is random-init only")
+    dest = samtune_home() / spec.filename
+    if spec.url is None:
+        raise CheckpointError(
+            f"{spec.name}: the authors publish no direct download link. Download "
+            f"{spec.filename} from {spec.download_page} and put it at {dest}"
+        )
+    return download(spec.url, dest, sha256=spec.sha256, progress=progress)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    attempts: int = 6,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with HTTP Range.
+
+    A connection that drops half-way is retried from where it stopped. Two attempts in a row
+    that receive nothing end the download with one error that names the URL and where to put
+    the file by hand. ``SAMTUNE_OFFLINE=1`` refuses to touch the network at all.
+    """
+    dest = Path(dest)
+    by_hand = f"Download it by hand and put it at {dest}, or pass the file with --checkpoint."
+    if os.environ.get("SAMTUNE_OFFLINE"):
+        raise CheckpointError(f"{dest.name} is not in {dest.parent} and SAMTUNE_OFFLINE is set. "
+                              f"It comes from {url}. {by_hand}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    fruitless = 0
+    for attempt in range(attempts):
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            if _fetch_into(url, part, timeout, progress):
+                break
+        except urllib.error.HTTPError as e:
+            raise CheckpointError(f"could not download {url}: HTTP {e.code} {e.reason}. {by_hand}") from e
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            reason = getattr(e, "reason", e)
+            after = part.stat().st_size if part.exists() else 0
+            fruitless = fruitless + 1 if after == before else 0
+            if fruitless >= 2 or attempt == attempts - 1:
+                raise CheckpointError(f"could not download {url}: {reason}. {by_hand}") from e
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+    if sha256 is not None:
+        got = sha256_of(part)
+        if got != sha256:
+            part.unlink()
+            raise CheckpointError(
+                f"{url}: checksum mismatch (sha256 {got}, expected {sha256}); the download was "
+                "discarded. Run again, or check that the URL still serves the official file."
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch_into(url: str, part: Path, timeout: float, progress: bool) -> bool:
+    """One request appending to ``part``; True when the whole file is there."""
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "samtune"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and start:  # nothing left to send: the partial file is complete
+            return True
+        raise
+    with response:
+        if start and response.status != 206:  # the server ignored Range: start over
+            start = 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        with open(part, "ab" if start else "wb") as f, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name[: -len(".part")], disable=not progress,
+        ) as bar:
+            while chunk := response.read(_CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size < total:
+        raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+    return True
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of an official or samtune checkpoint, with ``module.``-style prefixes removed.
+
+    Accepts raw state dicts (SAM, MedSAM, MobileSAM), SAM 2's ``{"model": ...}``, Lightning's
+    ``{"state_dict": ...}`` and safetensors files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"{path}: holds Python objects that samtune will not unpickle (only tensors are "
+                f"loaded safely). Re-save it with torch.save(model.state_dict(), path). ({str(e).splitlines()[0]})"
+            ) from e
+        except (RuntimeError, EOFError, OSError) as e:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated ({e})") from e
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+    return {_strip(k): v for k, v in obj.items()}
+
+
+def _strip(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
+    """A short, human description of what architecture a state dict holds."""
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+    if "image_encoder.trunk.patch_embed.proj.weight" in sd:
+        width = sd["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
+        version = "2.1" if "no_obj_embed_spatial" in sd else "2"
+        return f"a SAM {version} Hiera trunk with {count('image_encoder.trunk.blocks.')} blocks of width {width}"
+    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
+        dims = [sd[k].shape[0] for k in sorted(sd) if k.endswith("downsample.conv3.c.weight")]
+        return f"a MobileSAM TinyViT encoder with {count('image_encoder.layers.')} stages {dims}"
+    if "image_encoder.pos_embed" in sd:
+        width = sd["image_encoder.pos_embed"].shape[-1]
+        return f"a SAM ViT encoder with {count('image_encoder.blocks.')} encoder blocks of width {width}"
+    return "no SAM-family encoder keys (image_encoder.*)"

@@ -1,0 +1,231 @@
+"""SAM (vit_b/l/h, MedSAM) and MobileSAM: builders and the adapter they share.
+
+Both families use the same ``Sam`` module layout (``image_encoder``, ``prompt_encoder``,
+``mask_decoder``), the same ResizeLongestSide preprocessing and the same decoder, so one
+adapter serves both; only the builders differ. Full-size models come from the official
+builders (``segment_anything.build_sam``, ``mobile_sam.build_sam``) without a checkpoint; the
+tiny variants use the same ``modeling`` classes with small widths and a 256 input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from samtune.models.adapter import Adapter, Features, Preprocessed, Prompts, check_rgb_uint8
+from samtune.models.registry import ModelSpec
+
+
+def build_sam(spec: ModelSpec) -> nn.Module:
+    """Random-init official module for a SAM/MedSAM/MobileSAM spec."""
+    if spec.family == "sam":
+        from segment_anything import sam_model_registry
+
+        if spec.encoder == "vit_tiny":
+            return _build_tiny_sam()
+        return sam_model_registry[spec.encoder]()
+    if spec.family == "mobile_sam":
+        from mobile_sam import sam_model_registry
+
+        if spec.encoder == "tiny_vit_tiny":
+            return _build_tiny_mobile_sam()
+        return sam_model_registry["vit_t"]()
+    raise ValueError(f"{spec.name} is not a SAM or MobileSAM model")
+
+
+def _prompt_and_decoder(modeling, image_size: int, embed_dim: int, patch: int = 16):
+    """The prompt encoder and mask decoder at a reduced width, as in ``_build_sam``."""
+    grid = image_size // patch
+    prompt_encoder = modeling.PromptEncoder(
+        embed_dim=embed_dim, image_embedding_size=(grid, grid),
+        input_image_size=(image_size, image_size), mask_in_chans=8,
+    )
+    mask_decoder = modeling.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=modeling.TwoWayTransformer(
+            depth=2, embedding_dim=embed_dim, mlp_dim=128, num_heads=2
+        ),
+        transformer_dim=embed_dim, iou_head_depth=3, iou_head_hidden_dim=64,
+    )
+    return prompt_encoder, mask_decoder
+
+
+_PIXEL_MEAN = [123.675, 116.28, 103.53]
+_PIXEL_STD = [58.395, 57.12, 57.375]
+_TINY_SIZE = 256
+_TINY_DIM = 32
+
+
+def _build_tiny_sam() -> nn.Module:
+    from segment_anything import modeling
+
+    encoder = modeling.ImageEncoderViT(
+        img_size=_TINY_SIZE, patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2,
+        out_chans=_TINY_DIM, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True, window_size=4, global_attn_indexes=(1,),
+    )
+    prompt_encoder, mask_decoder = _prompt_and_decoder(modeling, _TINY_SIZE, _TINY_DIM)
+    sam = modeling.Sam(encoder, prompt_encoder, mask_decoder, _PIXEL_MEAN, _PIXEL_STD)
+    return sam.eval()
+
+
+def _tiny_vit_class():
+    """TinyViT whose final reshape follows ``img_size``.
+
+    The official ``TinyViT.forward_features`` reshapes to a fixed 64x64 grid (1024 input);
+    everything else in it already follows ``img_size``. This subclass changes only that
+    reshape, so a 256-input TinyViT runs through the official code otherwise unchanged.
+    """
+    from mobile_sam.modeling import TinyViT
+
+    class AnySizeTinyViT(TinyViT):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            b, _, c = x.shape
+            side = self.img_size // 16
+            return self.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+    return AnySizeTinyViT
+
+
+def _build_tiny_mobile_sam() -> nn.Module:
+    from mobile_sam import modeling
+
+    encoder = _tiny_vit_class()(
+        img_size=_TINY_SIZE, in_chans=3, num_classes=0, embed_dims=[16, 24, 32, 320],
+        depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4], window_sizes=[4, 4, 8, 4],
+        mlp_ratio=2.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False,
+        mbconv_expand_ratio=2.0, local_conv_size=3, layer_lr_decay=0.8,
+    )
+    # TinyViT's neck always outputs 256 channels, so the prompt encoder and decoder stay
+    # 256 wide (with a narrow MLP); the encoder is where the tiny variant saves its time.
+    prompt_encoder, mask_decoder = _prompt_and_decoder(modeling, _TINY_SIZE, 256)
+    sam = modeling.Sam(encoder, prompt_encoder, mask_decoder, _PIXEL_MEAN, _PIXEL_STD)
+    return sam.eval()
+
+
+def resize_longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(h, w) after scaling the longest side to ``long_side``, rounded as SAM rounds."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class SamAdapter(Adapter):
+    """SAM, MedSAM and MobileSAM: ResizeLongestSide + pad, one 256-d embedding per image."""
+
+    family = "sam"
+    group_prefixes = {
+        "image_encoder": ("image_encoder.",),
+        "prompt_encoder": ("prompt_encoder.",),
+        "mask_decoder": ("mask_decoder.",),
+    }
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_encoder.img_size
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        return tuple(self.model.prompt_encoder.mask_input_size)
+
+    def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return resize_longest_side_shape(*original_size, self.image_size)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
+        """Bilinear PIL resize of the longest side, normalize, zero-pad bottom/right.
+
+        Same operations, in the same order and precision, as ``SamPredictor.set_image``.
+        """
+        size = self.image_size
+        mean = self.model.pixel_mean.view(3, 1, 1)
+        std = self.model.pixel_std.view(3, 1, 1)
+        batch = torch.zeros(len(images), 3, size, size, device=mean.device)
+        input_sizes, original_sizes = [], []
+        for i, image in enumerate(images):
+            check_rgb_uint8(image)
+            h, w = image.shape[:2]
+            new_h, new_w = self.input_size_for((h, w))
+            resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+            x = torch.as_tensor(resized, device=mean.device).permute(2, 0, 1).float()
+            batch[i, :, :new_h, :new_w] = (x - mean) / std
+            input_sizes.append((new_h, new_w))
+            original_sizes.append((h, w))
+        return Preprocessed(batch, input_sizes, original_sizes)
+
+    def encode(self, images: torch.Tensor) -> Features:
+        return Features(self.model.image_encoder(images))
+
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self._embed_prompts(prompts)
+        embed = features.image_embed[prompts.image_index]
+        return _decode_sam_batched(
+            self.model.mask_decoder, embed, self.model.prompt_encoder.get_dense_pe(),
+            sparse, dense, multimask_output,
+        )
+
+    def _embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        points = None if prompts.points is None else (prompts.points, prompts.point_labels)
+        sparse, dense = self.model.prompt_encoder(
+            points=points, boxes=prompts.boxes, masks=prompts.mask_inputs
+        )
+        n = len(prompts)
+        if sparse.shape[0] != n:  # no prompt at all: the encoder returns one row
+            sparse, dense = sparse.expand(n, -1, -1), dense.expand(n, -1, -1, -1)
+        return sparse, dense
+
+    def postprocess(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        size = self.image_size
+        masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+
+class MobileSamAdapter(SamAdapter):
+    family = "mobile_sam"
+
+
+def _decode_sam_batched(
+    decoder: nn.Module,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+    multimask_output: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's ``MaskDecoder.predict_masks`` with one image embedding row per object.
+
+    The official decoder takes a single image and repeats its embedding for every prompt;
+    here each object already carries its own image's embedding, so objects from several
+    images go through the decoder's own submodules in one call. Same operations otherwise.
+    """
+    n = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+    src = image_embeddings + dense
+    pos_src = image_pe.expand(n, -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    keep = slice(1, None) if multimask_output else slice(0, 1)
+    return masks[:, keep], iou_pred[:, keep]

@@ -1,0 +1,166 @@
+"""SAM 2 and 2.1 (Hiera): builder and adapter.
+
+Models come from ``sam2.build_sam.build_sam2`` with the package's own Hydra configs; the tiny
+variant is the 2.1 tiny config with Hydra overrides (narrow trunk, 256 input). Only the image
+path of SAM 2 is used (encoder, prompt encoder, mask decoder): the memory modules stay in the
+state dict, untouched, so exports load back into ``build_sam2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samtune.models.adapter import Adapter, Features, Preprocessed, Prompts, check_rgb_uint8
+from samtune.models.registry import ModelSpec
+
+#: Hydra overrides that turn the SAM 2.1 tiny config into ``sam2_tiny``.
+TINY_OVERRIDES = [
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_spec=[8,4,8,4]",
+    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.image_encoder.neck.d_model=64",
+    "++model.image_encoder.neck.position_encoding.num_pos_feats=64",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.self_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.feat_sizes=[16,16]",
+    "++model.memory_attention.layer.cross_attention.kv_in_dim=32",
+    "++model.memory_encoder.out_dim=32",
+    "++model.memory_encoder.in_dim=64",
+    "++model.memory_encoder.position_encoding.num_pos_feats=32",
+    "++model.memory_encoder.mask_downsampler.embed_dim=64",
+    "++model.memory_encoder.fuser.layer.dim=64",
+]
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def hydra_overrides(spec: ModelSpec) -> list[str]:
+    return list(TINY_OVERRIDES) if spec.tiny else []
+
+
+def build_sam2(spec: ModelSpec) -> nn.Module:
+    """Random-init SAM 2 module through the official builder (post-processing flags on,
+    as ``build_sam2`` sets them for the image predictor)."""
+    from sam2.build_sam import build_sam2 as official
+
+    return official(spec.sam2_config, None, device="cpu", hydra_overrides_extra=hydra_overrides(spec))
+
+
+class Sam2Adapter(Adapter):
+    """SAM 2 / 2.1: square resize (no padding), ImageNet normalization in [0, 1], and three
+    feature levels per image.
+
+    ``encode`` applies the decoder's ``conv_s0``/``conv_s1`` to the high-resolution levels, as
+    SAM 2's ``forward_image`` does, so those two convolutions count as ``image_encoder``
+    parameters here: cached features stay valid while the rest of the decoder trains.
+    """
+
+    family = "sam2"
+    group_prefixes = {
+        "image_encoder": (
+            "image_encoder.", "no_mem_embed", "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.",
+        ),
+        "prompt_encoder": ("sam_prompt_encoder.",),
+        "mask_decoder": ("sam_mask_decoder.",),
+    }
+    output_logit_clamp = 32.0
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        return tuple(self.model.sam_prompt_encoder.mask_input_size)
+
+    @property
+    def feature_sizes(self) -> list[tuple[int, int]]:
+        s = self.image_size
+        return [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+
+    def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return self.image_size, self.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
+        """[0, 1] float, antialiased bilinear resize to SxS, normalize: ``SAM2Transforms``."""
+        size = self.image_size
+        device = self.device
+        mean = torch.tensor(_MEAN, device=device).view(3, 1, 1)
+        std = torch.tensor(_STD, device=device).view(3, 1, 1)
+        out = []
+        for image in images:
+            check_rgb_uint8(image)
+            x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255.0)
+            x = F.interpolate(
+                x[None], (size, size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            out.append((x - mean) / std)
+        return Preprocessed(
+            torch.stack(out), [(size, size)] * len(images), [im.shape[:2] for im in images]
+        )
+
+    def encode(self, images: torch.Tensor) -> Features:
+        model = self.model
+        backbone_out = model.forward_image(images)
+        _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
+        if model.directly_add_no_mem_embed:
+            vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+        b = images.shape[0]
+        feats = [
+            f.permute(1, 2, 0).reshape(b, -1, *size)
+            for f, size in zip(vision_feats, self.feature_sizes)
+        ]
+        return Features(feats[-1], tuple(feats[:-1]))
+
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box corners (labels 2, 3) first, then points, as ``SAM2ImagePredictor`` orders them."""
+        n = len(prompts)
+        coords, labels = prompts.points, prompts.point_labels
+        if prompts.boxes is not None:
+            box_coords = prompts.boxes.reshape(-1, 2, 2)
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int, device=box_coords.device).expand(n, 2)
+            if coords is None:
+                coords, labels = box_coords, box_labels
+            else:
+                coords = torch.cat([box_coords, coords], dim=1)
+                labels = torch.cat([box_labels, labels.to(torch.int)], dim=1)
+        points = None if coords is None else (coords, labels)
+        sparse, dense = self.model.sam_prompt_encoder(
+            points=points, boxes=None, masks=prompts.mask_inputs
+        )
+        if sparse.shape[0] != n:
+            sparse, dense = sparse.expand(n, -1, -1), dense.expand(n, -1, -1, -1)
+        selected = features.select(prompts.image_index)
+        masks, iou_pred, _, _ = self.model.sam_mask_decoder(
+            image_embeddings=selected.image_embed,
+            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            repeat_image=False,
+            high_res_features=list(selected.high_res),
+        )
+        return masks, iou_pred
+
+    def postprocess(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        return F.interpolate(low_res.float(), original_size, mode="bilinear", align_corners=False)
