@@ -1,0 +1,99 @@
+"""Reading images as HxWx3 uint8 RGB, whatever form the file takes.
+
+Users bring EXIF-rotated phone JPEGs, grey, RGBA, palette, CMYK and 16-bit microscopy files.
+Each is turned into what the SAM predictors expect, and a file that cannot be read raises a
+:class:`~samtune.errors.SamtuneError` naming it (``cv2.imread`` would return None silently).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from samtune.errors import SamtuneError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """The image at ``path`` as HxWx3 uint8 RGB, with its EXIF orientation applied.
+
+    Integer images deeper than 8 bits and float images are scaled to 0..255 by their own
+    min..max range (a 12-bit camera image in a 16-bit file would otherwise be nearly black if
+    cast, or white if clipped).
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        array = _read_tiff(path)
+    else:
+        array = _read_pil(path)
+    return to_rgb_uint8(array, path)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+            elif im.mode == "CMYK" or im.mode == "YCbCr" or im.mode == "LAB" or im.mode == "HSV":
+                im = im.convert("RGB")
+            elif im.mode == "1":
+                im = im.convert("L")
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise SamtuneError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SamtuneError(f"{path}: not a readable image ({e})") from e
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    if not path.is_file():
+        raise SamtuneError(f"{path}: no such file")
+    try:
+        array = tifffile.imread(path)
+    except Exception as e:  # tifffile raises a variety of types for bad files
+        raise SamtuneError(f"{path}: not a readable TIFF ({e})") from e
+    array = np.squeeze(array)
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar (C, H, W) -> (H, W, C)
+    return array
+
+
+def to_rgb_uint8(array: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    """Grey, grey+alpha, RGB or RGBA of any numeric dtype -> HxWx3 uint8 RGB."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise SamtuneError(f"{path}: unsupported image shape {array.shape}; expected HxW or HxWxC "
+                           "with 1-4 channels")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise SamtuneError(f"{path}: the image is empty ({array.shape[1]}x{array.shape[0]})")
+    channels = array.shape[2]
+    if channels in (2, 4):  # drop alpha
+        array = array[..., : channels - 1]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return scale_to_uint8(array)
+
+
+def scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as is; bool to 0/255; anything else scaled by its real min..max range."""
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    a = array.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, dtype=np.uint8)
+    lo, hi = a[finite].min(), a[finite].max()
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    a = np.where(finite, a, lo)
+    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
