@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from samtune.models.preprocess import Preprocessor
 from samtune.models.registry import ModelSpec
 
 
@@ -151,13 +152,23 @@ class Adapter(nn.Module, ABC):
     def mask_input_size(self) -> tuple[int, int]:
         """Size of low-res logits: what ``decode`` returns and accepts as a mask prompt."""
 
+    @property
     @abstractmethod
+    def preprocessor(self) -> Preprocessor:
+        """The family's image preprocessing and prompt coordinate mapping (picklable)."""
+
     def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the image content inside the model input for an original (h, w)."""
+        return self.preprocessor.input_size(original_size)
 
-    @abstractmethod
     def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
         """HxWx3 uint8 RGB images -> normalized model input, exactly as the official predictor."""
+        pre, device = self.preprocessor, self.device
+        tensors = [pre(check_rgb_uint8(image), device) for image in images]
+        sizes = [image.shape[:2] for image in images]
+        return Preprocessed(
+            torch.stack(tensors), [pre.input_size(s) for s in sizes], [tuple(s) for s in sizes]
+        )
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> Features:
@@ -180,31 +191,13 @@ class Adapter(nn.Module, ABC):
         """Low-res logits of one image's objects -> logits at the original size."""
 
     # --- coordinates ----------------------------------------------------------------------
-    def coord_scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
-        """(sx, sy) that map original pixels to model input pixels."""
-        h, w = original_size
-        in_h, in_w = self.input_size_for(original_size)
-        return in_w / w, in_h / h
+    def transform_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """(..., 2) xy in original pixels -> model input pixels (float32)."""
+        return self.preprocessor.transform_coords(coords, original_size)
 
-    def transform_coords(
-        self, coords: np.ndarray | torch.Tensor, original_size: tuple[int, int]
-    ) -> torch.Tensor:
-        """(..., 2) xy in original pixels -> model input pixels (float32).
-
-        Computed in float64 like the official numpy transforms, then cast.
-        """
-        sx, sy = self.coord_scale(original_size)
-        c = torch.as_tensor(np.asarray(coords, dtype=np.float64)).clone()
-        c[..., 0] *= sx
-        c[..., 1] *= sy
-        return c.float()
-
-    def transform_boxes(
-        self, boxes: np.ndarray | torch.Tensor, original_size: tuple[int, int]
-    ) -> torch.Tensor:
+    def transform_boxes(self, boxes, original_size: tuple[int, int]) -> torch.Tensor:
         """(..., 4) xyxy in original pixels -> model input pixels."""
-        b = np.asarray(boxes, dtype=np.float64)
-        return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
+        return self.preprocessor.transform_boxes(boxes, original_size)
 
     # --- parameter groups -----------------------------------------------------------------
     def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:

@@ -9,16 +9,14 @@ tiny variants use the same ``modeling`` classes with small widths and a 256 inpu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from samtune.models.adapter import Adapter, Features, Preprocessed, Prompts, check_rgb_uint8
+from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.preprocess import ResizeLongestSide
 from samtune.models.registry import ModelSpec
 
 
@@ -112,12 +110,6 @@ def _build_tiny_mobile_sam() -> nn.Module:
     return sam.eval()
 
 
-def resize_longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """(h, w) after scaling the longest side to ``long_side``, rounded as SAM rounds."""
-    scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
 class SamAdapter(Adapter):
     """SAM, MedSAM and MobileSAM: ResizeLongestSide + pad, one 256-d embedding per image."""
 
@@ -136,29 +128,13 @@ class SamAdapter(Adapter):
     def mask_input_size(self) -> tuple[int, int]:
         return tuple(self.model.prompt_encoder.mask_input_size)
 
-    def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
-        return resize_longest_side_shape(*original_size, self.image_size)
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
-        """Bilinear PIL resize of the longest side, normalize, zero-pad bottom/right.
-
-        Same operations, in the same order and precision, as ``SamPredictor.set_image``.
-        """
-        size = self.image_size
-        mean = self.model.pixel_mean.view(3, 1, 1)
-        std = self.model.pixel_std.view(3, 1, 1)
-        batch = torch.zeros(len(images), 3, size, size, device=mean.device)
-        input_sizes, original_sizes = [], []
-        for i, image in enumerate(images):
-            check_rgb_uint8(image)
-            h, w = image.shape[:2]
-            new_h, new_w = self.input_size_for((h, w))
-            resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-            x = torch.as_tensor(resized, device=mean.device).permute(2, 0, 1).float()
-            batch[i, :, :new_h, :new_w] = (x - mean) / std
-            input_sizes.append((new_h, new_w))
-            original_sizes.append((h, w))
-        return Preprocessed(batch, input_sizes, original_sizes)
+    @property
+    def preprocessor(self) -> ResizeLongestSide:
+        return ResizeLongestSide(
+            self.image_size,
+            tuple(self.model.pixel_mean.flatten().tolist()),
+            tuple(self.model.pixel_std.flatten().tolist()),
+        )
 
     def encode(self, images: torch.Tensor) -> Features:
         return Features(self.model.image_encoder(images))

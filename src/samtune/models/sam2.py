@@ -8,14 +8,12 @@ state dict, untouched, so exports load back into ``build_sam2``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samtune.models.adapter import Adapter, Features, Preprocessed, Prompts, check_rgb_uint8
+from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.preprocess import SquareResize
 from samtune.models.registry import ModelSpec
 
 #: Hydra overrides that turn the SAM 2.1 tiny config into ``sam2_tiny``.
@@ -94,26 +92,9 @@ class Sam2Adapter(Adapter):
         s = self.image_size
         return [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
 
-    def input_size_for(self, original_size: tuple[int, int]) -> tuple[int, int]:
-        return self.image_size, self.image_size
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> Preprocessed:
-        """[0, 1] float, antialiased bilinear resize to SxS, normalize: ``SAM2Transforms``."""
-        size = self.image_size
-        device = self.device
-        mean = torch.tensor(_MEAN, device=device).view(3, 1, 1)
-        std = torch.tensor(_STD, device=device).view(3, 1, 1)
-        out = []
-        for image in images:
-            check_rgb_uint8(image)
-            x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255.0)
-            x = F.interpolate(
-                x[None], (size, size), mode="bilinear", align_corners=False, antialias=True
-            )[0]
-            out.append((x - mean) / std)
-        return Preprocessed(
-            torch.stack(out), [(size, size)] * len(images), [im.shape[:2] for im in images]
-        )
+    @property
+    def preprocessor(self) -> SquareResize:
+        return SquareResize(self.image_size, _MEAN, _STD)
 
     def encode(self, images: torch.Tensor) -> Features:
         model = self.model

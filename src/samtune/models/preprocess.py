@@ -1,0 +1,97 @@
+"""The two image preprocessings of the SAM families, as small picklable objects.
+
+They live apart from the adapters so that data-loader workers can resize and normalize images
+(and map prompt coordinates) without holding the model. Each reproduces its official
+predictor's operations in the same order and precision:
+
+- :class:`ResizeLongestSide` (SAM, MedSAM, MobileSAM): PIL bilinear resize of the longest side
+  to S, normalize with the 0..255 pixel mean/std, zero-pad bottom/right to SxS.
+- :class:`SquareResize` (SAM 2): scale to [0, 1], antialiased bilinear resize to SxS (aspect
+  not kept), normalize with ImageNet mean/std.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def resize_longest_side_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(h, w) after scaling the longest side to ``long_side``, rounded as SAM rounds."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocessor(ABC):
+    """Image -> (3, S, S) model input, and original pixels -> model input pixels."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @abstractmethod
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the image content inside the SxS model input."""
+
+    @abstractmethod
+    def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """HxWx3 uint8 RGB -> (3, S, S) float32 normalized model input."""
+
+    def coord_scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
+        """(sx, sy) mapping original pixels to model input pixels."""
+        h, w = original_size
+        in_h, in_w = self.input_size(original_size)
+        return in_w / w, in_h / h
+
+    def transform_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """(..., 2) xy in original pixels -> model input pixels, float32.
+
+        Computed in float64 like the official numpy transforms, then cast.
+        """
+        sx, sy = self.coord_scale(original_size)
+        c = torch.as_tensor(np.array(coords, dtype=np.float64))
+        c[..., 0] *= sx
+        c[..., 1] *= sy
+        return c.float()
+
+    def transform_boxes(self, boxes, original_size: tuple[int, int]) -> torch.Tensor:
+        """(..., 4) xyxy in original pixels -> model input pixels."""
+        b = np.asarray(boxes, dtype=np.float64)
+        return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+
+class ResizeLongestSide(Preprocessor):
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return resize_longest_side_shape(*original_size, self.size)
+
+    def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """HxWx3 uint8 -> (3, S, S) float32, as ``SamPredictor.set_image``."""
+        new_h, new_w = self.input_size(image.shape[:2])
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        x = torch.as_tensor(resized, device=device).permute(2, 0, 1).float()
+        out = torch.zeros(3, self.size, self.size, device=device)
+        out[:, :new_h, :new_w] = self._normalize(x)
+        return out
+
+
+class SquareResize(Preprocessor):
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return self.size, self.size
+
+    def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """HxWx3 uint8 -> (3, S, S) float32, as ``SAM2Transforms``."""
+        x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255.0)
+        x = F.interpolate(x[None], (self.size, self.size), mode="bilinear",
+                          align_corners=False, antialias=True)[0]
+        return self._normalize(x)
