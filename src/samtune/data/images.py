@@ -43,7 +43,7 @@ def _read_pil(path: Path) -> np.ndarray:
                 im = im.convert("RGB")
             elif im.mode == "1":
                 im = im.convert("L")
-            return np.asarray(im)
+            return np.array(im)
     except FileNotFoundError:
         raise SamtuneError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -196,19 +196,31 @@ def _strip(key: str) -> str:
     return key
 
 
+def guess_family(sd: dict[str, torch.Tensor]) -> str | None:
+    """``sam``, ``mobile_sam`` or ``sam2`` from the encoder's key names, None if none fits."""
+    if "image_encoder.trunk.patch_embed.proj.weight" in sd:
+        return "sam2"
+    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
+        return "mobile_sam"
+    if "image_encoder.pos_embed" in sd:
+        return "sam"
+    return None
+
+
 def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
     """A short, human description of what architecture a state dict holds."""
     def count(prefix: str) -> int:
         return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
 
-    if "image_encoder.trunk.patch_embed.proj.weight" in sd:
+    family = guess_family(sd)
+    if family == "sam2":
         width = sd["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
         version = "2.1" if "no_obj_embed_spatial" in sd else "2"
         return f"a SAM {version} Hiera trunk with {count('image_encoder.trunk.blocks.')} blocks of width {width}"
-    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
+    if family == "mobile_sam":
         dims = [sd[k].shape[0] for k in sorted(sd) if k.endswith("downsample.conv3.c.weight")]
         return f"a MobileSAM TinyViT encoder with {count('image_encoder.layers.')} stages {dims}"
-    if "image_encoder.pos_embed" in sd:
+    if family == "sam":
         width = sd["image_encoder.pos_embed"].shape[-1]
         return f"a SAM ViT encoder with {count('image_encoder.blocks.')} encoder blocks of width {width}"
     return "no SAM-family encoder keys (image_encoder.*)"

@@ -16,7 +16,9 @@ from torch import nn
 
 from samtune.errors import CheckpointError
 from samtune.models.adapter import Adapter
-from samtune.models.checkpoints import describe_state_dict, fetch_checkpoint, read_state_dict
+from samtune.models.checkpoints import (
+    describe_state_dict, fetch_checkpoint, guess_family, read_state_dict,
+)
 from samtune.models.registry import ModelSpec, get_spec, list_models
 from samtune.models.sam import MobileSamAdapter, SamAdapter, build_sam
 from samtune.models.sam2 import Sam2Adapter, build_sam2
@@ -87,9 +89,10 @@ def identify(sd: dict[str, torch.Tensor]) -> ModelSpec | None:
     MedSAM has sam_vit_b's layout, so a MedSAM file identifies as ``sam_vit_b``.
     """
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    for spec in list_models():
-        if spec.name == "medsam":
-            continue
+    size = sum(v.numel() for v in sd.values())
+    candidates = [s for s in list_models(family=guess_family(sd) or "none") if s.name != "medsam"]
+    # Closest parameter count first: usually the first candidate built is the match.
+    for spec in sorted(candidates, key=lambda s: abs(s.params - size)):
         if _shapes(spec.name) == shapes:
             return spec
     return None

@@ -65,6 +65,25 @@ class Preprocessor(ABC):
         b = np.asarray(boxes, dtype=np.float64)
         return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
 
+    def resize_masks(self, masks) -> torch.Tensor:
+        """(k, H, W) bool masks in original pixels -> (k, S, S) bool in the model input frame.
+
+        Resized like the image (to :meth:`input_size`, then zero-padded bottom/right to SxS),
+        so a mask lines up with the preprocessed image and with prompts mapped by
+        :meth:`transform_coords`. Antialiased bilinear on the 0/1 values, then > 0.5: a model
+        pixel is foreground when more than half of it is covered, whichever way the resize goes.
+        """
+        m = torch.as_tensor(np.asarray(masks, dtype=bool))
+        k = m.shape[0]
+        in_h, in_w = self.input_size((m.shape[1], m.shape[2]))
+        out = torch.zeros(k, self.size, self.size, dtype=torch.bool)
+        if k == 0:
+            return out
+        resized = F.interpolate(m[None].float(), (in_h, in_w), mode="bilinear",
+                                align_corners=False, antialias=True)[0]
+        out[:, :in_h, :in_w] = resized > 0.5
+        return out
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
@@ -89,9 +108,18 @@ class SquareResize(Preprocessor):
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         return self.size, self.size
 
+    def transform_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """Normalize by the original size, then scale to S, in float32: SAM 2's own order of
+        operations (a different rounding flips near-zero logits)."""
+        h, w = original_size
+        c = torch.as_tensor(np.asarray(coords), dtype=torch.float32).clone()
+        c[..., 0] = c[..., 0] / w
+        c[..., 1] = c[..., 1] / h
+        return c * self.size
+
     def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) float32, as ``SAM2Transforms``."""
-        x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255.0)
+        x = torch.tensor(image, device=device).permute(2, 0, 1).float().div(255.0)
         x = F.interpolate(x[None], (self.size, self.size), mode="bilinear",
                           align_corners=False, antialias=True)[0]
         return self._normalize(x)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+from samtune.errors import SamtuneError
+
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/{}"
 SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/{}"
@@ -85,7 +87,7 @@ _SPECS: tuple[ModelSpec, ...] = (
     _sam2("2.1", "l", "large", 224_446_642),
     ModelSpec("sam_tiny", "sam", "vit_tiny", 256, 200_166, tiny=True,
               description="SAM code, tiny widths, 256 input, random init (tests, demo)"),
-    ModelSpec("mobile_sam_tiny", "mobile_sam", "tiny_vit_tiny", 256, 2_628_586, tiny=True,
+    ModelSpec("mobile_sam_tiny", "mobile_sam", "tiny_vit_tiny", 256, 3_618_426, tiny=True,
               description="MobileSAM code, tiny widths, 256 input, random init (tests, demo)"),
     ModelSpec("sam2_tiny", "sam2", "hiera_tiny", 256, 1_367_554, tiny=True,
               sam2_config="configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -104,6 +106,13 @@ def list_models(family: str | None = None, include_tiny: bool = True) -> list[Mo
     ]
 
 
+class UnknownModelError(SamtuneError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec for ``name`` (or an alias such as ``vit_b``); a close-match hint otherwise."""
     name = _ALIASES.get(name, name)
@@ -111,6 +120,6 @@ def get_spec(name: str) -> ModelSpec:
         return _BY_NAME[name]
     close = difflib.get_close_matches(name, list(_BY_NAME) + list(_ALIASES), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(
+    raise UnknownModelError(
         f"unknown model {name!r}.{hint} Run `samtune models` to list the known names."
     )

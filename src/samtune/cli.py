@@ -1,0 +1,106 @@
+"""The ``samtune`` command: one sub-command per job, each a thin call into the package.
+
+A :class:`~samtune.errors.SamtuneError` (a problem the user can fix) prints as one line and
+exits with status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from samtune.errors import SamtuneError
+
+app = typer.Typer(
+    help="Fine-tune, evaluate and serve Segment Anything models on your own data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Piped output keeps whole table cells instead of rich's 80-column truncation.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn user-fixable errors into one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SamtuneError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command("models")
+@user_errors
+def models_command(
+    family: Annotated[Optional[str], typer.Option(help="Only this family: sam, mobile_sam or sam2.")] = None,
+    tiny: Annotated[bool, typer.Option(help="Include the random-init tiny variants.")] = True,
+) -> None:
+    """List the model names samtune knows, and which official checkpoints are in the cache."""
+    from samtune.models.checkpoints import cached_checkpoint, samtune_home
+    from samtune.models.registry import list_models
+
+    table = Table(title=f"samtune models (cache: {samtune_home()})")
+    for column in ("name", "family", "encoder", "input", "params", "checkpoint file", "sha256", "present"):
+        table.add_column(column, justify="right" if column in ("input", "params") else "left")
+    for spec in list_models(family=family, include_tiny=tiny):
+        present = cached_checkpoint(spec)
+        table.add_row(
+            spec.name, spec.family, spec.encoder, str(spec.input_size), f"{spec.params / 1e6:.1f}M",
+            spec.filename or "(random init)",
+            "published" if spec.sha256 else "-",
+            "yes" if present else ("n/a" if spec.filename is None else "no"),
+        )
+    console.print(table)
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    image: Annotated[Path, typer.Argument(help="Image file to segment.")],
+    model: Annotated[str, typer.Option(help="Model name (see `samtune models`).")],
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="Checkpoint file, or 'auto' for the official one from the cache (downloaded if missing). "
+             "Omit for random init.")] = None,
+    box: Annotated[Optional[list[str]], typer.Option(
+        help="Box prompt x0,y0,x1,y1 in pixels; repeat for several objects.")] = None,
+    point: Annotated[Optional[list[str]], typer.Option(
+        help="Point prompt x,y[,label] (label 1 object, 0 background); repeat for several points.")] = None,
+    output: Annotated[Path, typer.Option(help="Folder for masks, overlay and JSON.")] = Path("predictions"),
+    multimask: Annotated[bool, typer.Option(help="Predict three candidates per object.")] = False,
+    opacity: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity.")] = 0.5,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+) -> None:
+    """Segment the objects given by box and/or point prompts; write masks and an overlay."""
+    from samtune.infer.predictor import Predictor
+    from samtune.infer.prompted import PromptSet, predict_file
+    from samtune.models import load_model
+
+    prompts = PromptSet.parse(box or [], point or [])
+    if not image.is_file():
+        raise SamtuneError(f"{image}: no such image file")
+    predictor = Predictor(load_model(model, checkpoint=checkpoint, device=device))
+    written = predict_file(predictor, image, prompts, output, multimask=multimask, opacity=opacity)
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

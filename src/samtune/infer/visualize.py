@@ -1,0 +1,57 @@
+"""Overlays of masks and prompts on an image, for people to look at."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Distinct colours (RGB) cycled over objects; the first is SAM's demo blue.
+PALETTE = np.array(
+    [[30, 144, 255], [255, 99, 71], [60, 179, 113], [255, 215, 0], [186, 85, 211],
+     [0, 206, 209], [255, 140, 0], [199, 21, 133], [154, 205, 50], [70, 130, 180]],
+    dtype=np.uint8,
+)
+
+
+def overlay(
+    image: np.ndarray,
+    masks: np.ndarray,
+    opacity: float = 0.5,
+    boxes: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+    point_labels: np.ndarray | None = None,
+    contour: bool = True,
+) -> np.ndarray:
+    """Blend (N, H, W) bool masks onto an HxWx3 uint8 RGB image, one colour per mask.
+
+    Boxes (xyxy) are drawn in the mask's colour; points as green (foreground) or red
+    (background) stars, as SAM's notebooks show them.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be within 0..1, got {opacity}")
+    out = image.astype(np.float32).copy()
+    masks = np.asarray(masks, dtype=bool).reshape(-1, *image.shape[:2])
+    for i, mask in enumerate(masks):
+        colour = PALETTE[i % len(PALETTE)].astype(np.float32)
+        out[mask] = (1 - opacity) * out[mask] + opacity * colour
+    out = out.round().astype(np.uint8)
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    if contour:
+        for i, mask in enumerate(masks):
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, PALETTE[i % len(PALETTE)].tolist(), thickness)
+    if boxes is not None:
+        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=float).reshape(-1, 4)):
+            cv2.rectangle(out, (round(x0), round(y0)), (round(x1), round(y1)),
+                          PALETTE[i % len(PALETTE)].tolist(), thickness + 1)
+    if points is not None:
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
+        size = max(8, round(max(image.shape[:2]) / 40))
+        for (x, y), label in zip(pts, labels):
+            colour = (0, 200, 0) if label == 1 else (220, 0, 0)
+            cv2.drawMarker(out, (round(x), round(y)), (255, 255, 255), cv2.MARKER_STAR, size + 4,
+                           thickness + 2)
+            cv2.drawMarker(out, (round(x), round(y)), colour, cv2.MARKER_STAR, size, thickness + 1)
+    return out
