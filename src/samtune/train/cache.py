@@ -1,0 +1,229 @@
+"""On-disk cache of image-encoder features, so a frozen encoder runs once per image.
+
+Layout: ``root/<model key digest>/<2-char shard>/<image key>.safetensors``, one file per image
+holding the :class:`~samtune.models.adapter.Features` record of that image (batch dimension 1)
+and a metadata header: format name and version, model key, preprocess key, image id, dtype and
+the shape of every tensor. A read checks all of it; anything that does not match (another
+model, another preprocessing, an older format, a damaged or truncated file) is a *miss*, never
+an error, and the next ``put`` overwrites the entry. Writes go to a temporary name beside the
+entry and are renamed into place (:func:`samtune.files.atomic_path`), so a reader never sees a
+half-written file and a leftover temporary file is simply ignored.
+
+Keys: ``model_key`` must change whenever the encoder's output can change: :func:`model_key`
+hashes the weights of the adapter's ``image_encoder`` parameter group (for SAM 2 that includes
+the decoder's ``conv_s0``/``conv_s1``, which ``encode`` applies). ``preprocess_key`` covers the
+image preprocessing (:func:`preprocess_key`). ``image_id`` must identify the image *content*
+the features were computed from: a content hash, or :func:`file_image_id` (path, size, mtime).
+Cached features are only valid for un-augmented images; augmenting the image means encoding it.
+
+Dtype: float32 by default, so a step that reads cached features is the same step minus the
+encoder; bfloat16 halves the disk use (a SAM ViT embedding is 256x64x64: 4 MiB in float32)
+at about 3 significant digits. Entries come back in the stored dtype, on the CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from samtune.files import atomic_path
+from samtune.models.adapter import Adapter, Features
+
+FORMAT = "samtune-embedding"
+FORMAT_VERSION = "1"
+_READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
+
+
+def digest(text: str) -> str:
+    """Hex SHA-256 of a string: stable across runs and machines (unlike ``hash``)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_image_id(path: str | os.PathLike) -> str:
+    """An image id that changes when the file does: resolved path, size and mtime."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _tensor_bytes(t: torch.Tensor, max_bytes: int | None) -> bytes:
+    """The raw bytes of ``t`` on the CPU, or an evenly strided sample of at most ``max_bytes``."""
+    flat = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    if max_bytes is not None and flat.numel() > max_bytes:
+        stride = -(-flat.numel() // max_bytes)
+        flat = flat[::stride].contiguous()
+    return flat.numpy().tobytes()
+
+
+def weights_digest(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes_per_tensor: int | None = None
+) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order.
+
+    Full bytes by default: hashing runs at about 1-2 GB/s, so even SAM ViT-H's 2.5 GB encoder
+    costs a few seconds once per run, small next to encoding a dataset, and every changed
+    weight changes the key. ``max_bytes_per_tensor`` hashes an evenly strided byte sample of
+    larger tensors instead (still every name, shape and small tensor in full): fine-tuning and
+    merged LoRA change every element of the matrices they touch, so a sample still catches
+    them, but a change confined to a few elements of one large tensor could be missed.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(named_tensors, key=lambda item: item[0]):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t, max_bytes_per_tensor))
+    return h.hexdigest()
+
+
+def model_key(adapter: Adapter, max_bytes_per_tensor: int | None = None) -> str:
+    """Cache key of an adapter's encoder: family, model name, input size and the digest of
+    every parameter and buffer in its ``image_encoder`` group (see :func:`weights_digest`)."""
+    prefixes = adapter.group_prefixes.get("image_encoder", ())
+    named = list(adapter.parameter_groups().get("image_encoder", {}).items())
+    named += [(n, b) for n, b in adapter.model.named_buffers() if n.startswith(prefixes)]
+    weights = weights_digest(named, max_bytes_per_tensor)
+    return f"{adapter.family}/{adapter.spec.name}/{adapter.image_size}/{weights}"
+
+
+def preprocess_key(adapter: Adapter) -> str:
+    """Cache key of an adapter's image preprocessing (its frozen dataclass repr)."""
+    return repr(adapter.preprocessor)
+
+
+class EmbeddingCache:
+    """Features of single images on disk (and optionally the last ``memory_items`` in memory).
+
+    ``get(image_id)`` returns the stored :class:`Features` (batch dimension 1) or ``None`` on any
+    miss; ``put(image_id, features)`` stores a one-image record; ``get_many``/``put_many`` do
+    the same for a list of ids (``put_many`` splits a batch record by rows). Counters ``hits``
+    and ``misses`` count ``get`` results. Safe for several processes sharing one ``root``:
+    entries are replaced atomically, and two writers of one entry write the same content.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        model_key: str,
+        preprocess_key: str,
+        dtype: torch.dtype = torch.float32,
+        memory_items: int = 0,
+    ) -> None:
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"cache dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.root = Path(root)
+        self.model_key = model_key
+        self.preprocess_key = preprocess_key
+        self.dtype = dtype
+        self.memory_items = memory_items
+        self.folder = self.root / digest(model_key)[:16]
+        self._memory: OrderedDict[str, Features] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, image_id: str) -> str:
+        """File stem of ``image_id``'s entry (hex digest; the id itself is in the metadata)."""
+        return digest(image_id)[:32]
+
+    def path(self, image_id: str) -> Path:
+        key = self.key(image_id)
+        return self.folder / key[:2] / f"{key}.safetensors"
+
+    # --- reading --------------------------------------------------------------------------
+    def get(self, image_id: str) -> Features | None:
+        """The cached features of ``image_id``, or ``None`` if absent, stale or unreadable."""
+        features = self._memory_get(image_id)
+        if features is None:
+            features = self._read(self.path(image_id), image_id)
+            if features is not None:
+                self._memory_put(image_id, features)
+        if features is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return features
+
+    def get_many(self, image_ids: Sequence[str]) -> list[Features | None]:
+        return [self.get(image_id) for image_id in image_ids]
+
+    def _read(self, path: Path, image_id: str) -> Features | None:
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if not self._metadata_matches(meta, image_id):
+                    return None
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+            shapes = json.loads(meta["shapes"])
+        except _READ_ERRORS:
+            return None
+        if {n: list(t.shape) for n, t in tensors.items()} != shapes:
+            return None
+        if any(t.dtype != self.dtype for t in tensors.values()) or "image_embed" not in tensors:
+            return None
+        return Features.from_tensors(tensors)
+
+    def _metadata_matches(self, meta: dict[str, str], image_id: str) -> bool:
+        expected = self._metadata(image_id)
+        return all(meta.get(k) == v for k, v in expected.items())
+
+    def _metadata(self, image_id: str) -> dict[str, str]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_key": self.model_key,
+            "preprocess_key": self.preprocess_key,
+            "image_id": image_id,
+            "dtype": str(self.dtype),
+        }
+
+    # --- writing --------------------------------------------------------------------------
+    def put(self, image_id: str, features: Features) -> Path:
+        """Store one image's features (batch dimension 1), replacing any entry; returns its path."""
+        if len(features) != 1:
+            raise ValueError(
+                f"EmbeddingCache.put stores one image, got features of {len(features)}; "
+                "use put_many for a batch"
+            )
+        tensors = {
+            name: t.detach().to("cpu", self.dtype).contiguous().clone()
+            for name, t in features.tensors().items()
+        }
+        meta = self._metadata(image_id)
+        meta["shapes"] = json.dumps({n: list(t.shape) for n, t in tensors.items()})
+        path = self.path(image_id)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        self._memory_put(image_id, Features.from_tensors(tensors))
+        return path
+
+    def put_many(self, image_ids: Sequence[str], features: Features) -> list[Path]:
+        """Store row ``i`` of a batch record under ``image_ids[i]``."""
+        if len(features) != len(image_ids):
+            raise ValueError(f"{len(image_ids)} image ids for features of {len(features)} images")
+        return [
+            self.put(image_id, features.select(torch.tensor([i])))
+            for i, image_id in enumerate(image_ids)
+        ]
+
+    # --- memory ---------------------------------------------------------------------------
+    def _memory_get(self, image_id: str) -> Features | None:
+        features = self._memory.get(image_id)
+        if features is not None:
+            self._memory.move_to_end(image_id)
+        return features
+
+    def _memory_put(self, image_id: str, features: Features) -> None:
+        if self.memory_items <= 0:
+            return
+        self._memory[image_id] = features
+        self._memory.move_to_end(image_id)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
