@@ -74,18 +74,32 @@ def parse_prompt_kind(text: str, option: str = "prompts.mix") -> PromptKind:
 
 
 class ColorJitterConfig(_Section):
-    """Photometric jitter of the image only (masks untouched), as ``v2.ColorJitter``."""
+    """Photometric jitter of the image only (masks untouched), as ``v2.ColorJitter``: a number
+    x means the range [1 - x, 1 + x] ([-x, x] for hue), a pair is the range itself."""
 
-    brightness: float = Field(0.3, ge=0)
-    """Brightness factor drawn from [1 - b, 1 + b]."""
-    contrast: float = Field(0.3, ge=0)
-    """Contrast factor drawn from [1 - c, 1 + c]."""
-    saturation: float = Field(0.3, ge=0)
-    """Saturation factor drawn from [1 - s, 1 + s]."""
-    hue: float = Field(0.2, ge=0, le=0.5)
-    """Hue shift drawn from [-h, h] (at most 0.5, half the colour circle)."""
+    brightness: float | tuple[float, float] = 0.3
+    contrast: float | tuple[float, float] = 0.3
+    saturation: float | tuple[float, float] = 0.3
+    hue: float | tuple[float, float] = 0.2
+    """At most 0.5 (half the colour circle)."""
     p: float = Field(1.0, ge=0, le=1)
     """Probability of applying the jitter to an image (R0: always; R1: 0.5)."""
+
+    @field_validator("brightness", "contrast", "saturation")
+    @classmethod
+    def _factor(cls, v):
+        low = v[0] if isinstance(v, tuple) else v
+        if low < 0 or (isinstance(v, tuple) and v[0] > v[1]):
+            raise ValueError(f"must be a number >= 0 or a range (low, high) with 0 <= low <= high, got {v}")
+        return v
+
+    @field_validator("hue")
+    @classmethod
+    def _hue(cls, v):
+        low, high = (v if isinstance(v, tuple) else (-v, v))
+        if not -0.5 <= low <= high <= 0.5:
+            raise ValueError(f"hue must lie within 0..0.5 (or a range inside -0.5..0.5), got {v}")
+        return v
 
 
 class ResizedCropConfig(_Section):

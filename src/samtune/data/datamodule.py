@@ -68,7 +68,9 @@ class PromptedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = item_rng(self.seed, epoch, index)
-        sample = self.augmenter(self.source[index], rng)
+        # a MixedSource draws a different subset each epoch: ask it for this epoch's item
+        at = getattr(self.source, "at", None)
+        sample = self.augmenter(at(epoch, index) if at else self.source[index], rng)
         sample = cap_objects(sample, self.prompts.max_objects_per_image, rng)
         keys = [mask_key(m) for m in sample.object_masks()]
         return Item(sample, self.sampler(sample, rng, index, keys), index, keys)
@@ -84,9 +86,15 @@ class EpochSampler(Sampler):
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def skip(self, count: int) -> None:
+        """Leave out the first ``count`` items of the next pass (once): a run resumed
+        mid-epoch continues the epoch's order where it stopped."""
+        self._skip = int(count)
 
     def __len__(self) -> int:
         return self.n
