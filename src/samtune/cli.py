@@ -27,6 +27,8 @@ app = typer.Typer(
 # Piped output keeps whole table cells instead of rich's 80-column truncation.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 def user_errors(fn):
@@ -96,6 +98,82 @@ def predict_command(
     written = predict_file(predictor, image, prompts, output, multimask=multimask, opacity=opacity)
     for path in written:
         console.print(f"wrote {path}", highlight=False)
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    config: Annotated[Optional[Path], typer.Argument(help="Run config (YAML). See configs/ for examples.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config value: --set train.max_steps=200 (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run in this folder from its last checkpoint.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved config (every default written out) and exit.")] = False,
+) -> None:
+    """Fine-tune a model as the config says; writes runs/<name>/ (config, checkpoints, logs)."""
+    from samtune.config import build_run_config
+    from samtune.config.loading import to_yaml
+
+    if resume is not None and config is not None:
+        raise SamtuneError("give either CONFIG or --resume RUN, not both")
+    run_config = build_run_config(config, set_ or [], resume=resume)
+    if print_config:
+        console.print(to_yaml(run_config), highlight=False, markup=False, end="")
+        return
+    from samtune.train.run import train
+
+    result = train(run_config, resume=resume is not None)
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    console.print(f"run folder: {result.run_dir}", highlight=False)
+    if result.best_checkpoint:
+        console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
+    base, final = result.base_metrics, result.final_metrics
+    names = [k for k in ("val/iou", "val/dice", "val/boundary_f1") if k in final]
+    for name in names:
+        before = f"{base[name]:.4f}" if name in base else "-"
+        console.print(f"{name}: base {before} -> fine-tuned {final[name]:.4f}", highlight=False)
+
+
+@data_app.command("check")
+@user_errors
+def data_check_command(
+    path: Annotated[Path, typer.Argument(help="Dataset folder, COCO json, or a run config (YAML).")],
+    format: Annotated[Optional[str], typer.Option(help="auto, folder, coco or labpics.")] = None,
+) -> None:
+    """Validate a dataset and summarize it; exit 0 when it can be trained on, 1 when not.
+
+    Never modifies the files."""
+    from samtune.data.validate import check
+
+    target = path
+    if path.suffix in (".yaml", ".yml"):
+        from samtune.config import build_run_config
+
+        sources = build_run_config(path, []).data.train
+        reports = [check(source, format=format) for source in sources]
+    else:
+        reports = [check(target, format=format)]
+    for report in reports:
+        console.print(report.render(), highlight=False, markup=False)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    output: Annotated[Path, typer.Option(help="Folder for the generated data and the run.")] = Path("demo_output"),
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
+) -> None:
+    """The main job on an embedded default: generate data, fine-tune the tiny SAM, compare
+    base and fine-tuned, predict."""
+    from samtune.demo import run_demo
+
+    run_demo(output, steps=steps, console=console)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

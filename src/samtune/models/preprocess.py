@@ -97,7 +97,7 @@ class ResizeLongestSide(Preprocessor):
     def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) float32, as ``SamPredictor.set_image``."""
         new_h, new_w = self.input_size(image.shape[:2])
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         x = torch.as_tensor(resized, device=device).permute(2, 0, 1).float()
         out = torch.zeros(3, self.size, self.size, device=device)
         out[:, :new_h, :new_w] = self._normalize(x)

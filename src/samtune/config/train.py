@@ -1,0 +1,179 @@
+"""The ``model`` and ``train`` sections of a run config, and the whole :class:`RunConfig`.
+
+Every default is samtune's; the reference projects' settings are one field away, and the
+example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is R3's recipe).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from samtune.config.data import DataConfig
+from samtune.config.prompts import AugmentConfig, PromptConfig
+
+Group = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Section):
+    """Low-rank adapters (``peft``) on linear layers of the official modules."""
+
+    targets: list[Literal["image_encoder", "mask_decoder"]] = ["image_encoder"]
+    """Where: the image encoder's attention projections (qkv and proj) and/or the mask
+    decoder's two-way transformer attention projections."""
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class ModelConfig(_Section):
+    name: str = "sam_tiny"
+    """A name from ``samtune models``."""
+    checkpoint: str | None = None
+    """A checkpoint file, ``auto`` (official weights from the cache, downloaded when
+    missing), or null (random init: the tiny models)."""
+    freeze: list[Group] = ["image_encoder", "prompt_encoder"]
+    """Parameter groups kept fixed. The default trains the mask decoder on a frozen encoder
+    (R2, R3, R4); ``[]`` is a full fine-tune. With LoRA, the groups LoRA targets are
+    frozen except for the adapters."""
+    lora: LoraConfig | None = None
+    """LoRA adapters; null for none."""
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    """Base learning rate (R3: 1e-4, R2 and R0: 2e-4, R4: 4e-5)."""
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0)
+    """SGD only."""
+    group_lr: dict[Group, float] = {}
+    """Learning rate per parameter group, overriding ``lr`` (e.g. a smaller one for the
+    image encoder in a full fine-tune)."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the gradient norm to this value (Lightning's gradient_clip_val)."""
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "cosine", "cosine_restarts", "poly", "step", "plateau"] = "cosine"
+    """``cosine``: warmup then cosine to ``eta_min``; ``cosine_restarts``: R0's periodic
+    cosine; ``poly``: R1's warmup then (1 - t/T)^power; ``step``: R3's warmup then x``gamma``
+    at ``milestones`` (fractions of training); ``plateau``: R4's ReduceLROnPlateau on
+    ``monitor``."""
+    warmup_steps: int = Field(0, ge=0)
+    eta_min: float = Field(0.0, ge=0)
+    """Final (cosine) or floor learning rate, absolute."""
+    period: int | None = Field(None, ge=1)
+    """cosine_restarts: steps per cycle (default: a tenth of training)."""
+    power: float = Field(0.9, gt=0)
+    milestones: list[float] = [0.66667, 0.86666]
+    gamma: float = Field(0.1, gt=0)
+    monitor: str = "val/iou"
+    """plateau: the metric watched (mode follows the name: losses go down, the rest up)."""
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    threshold: float = Field(1e-4, ge=0)
+    cooldown: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class LossConfig(_Section):
+    weights: dict[Literal["focal", "dice", "bce", "iou", "iou_head"], float] = {
+        "focal": 20.0, "dice": 1.0, "iou_head": 1.0}
+    """SAM, R3, R4: focal 20, dice 1, iou_head 1. R0: dice 0.4, focal 12, iou_head 5, iou 2
+    (with ``iou_tanh_scale: 3``). R1: focal 20, dice 1. R2: bce 1, iou 1."""
+    focal_alpha: float | None = 0.25
+    focal_gamma: float = 2.0
+    dice_smooth: float = 1.0
+    iou_smooth: float = 0.0
+    iou_tanh_scale: float | None = None
+    iou_head: Literal["mse", "l1"] = "mse"
+
+
+class CheckpointConfig(_Section):
+    monitor: str = "val/iou"
+    """Metric that picks ``best.ckpt`` (files are named like ``step=1200-val_iou=0.8312.ckpt``)."""
+    mode: Literal["max", "min"] = "max"
+    save_top_k: int = Field(1, ge=0)
+    every_n_steps: int | None = Field(None, ge=1)
+    """Also keep a checkpoint every N steps."""
+
+
+class EarlyStoppingConfig(_Section):
+    monitor: str = "val/iou"
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(5, ge=1)
+    """Validations without improvement before stopping."""
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(2, ge=1)
+    """Images per step and device; each image brings up to ``prompts.max_objects_per_image``
+    objects."""
+    val_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    max_steps: int = Field(1000, ge=-1)
+    """-1: bounded by ``max_epochs`` only."""
+    max_epochs: int | None = Field(None, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    precision: Literal["32", "16-mixed", "bf16-mixed", "32-true"] = "32"
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    """Passed to Lightning: ``ddp``, ``fsdp``, ``ddp_find_unused_parameters_true`` ..."""
+    val_every_n_steps: int | None = Field(100, ge=1)
+    """Validate every N training steps; null to validate every ``val_every_n_epochs``."""
+    val_every_n_epochs: int = Field(1, ge=1)
+    validate_before_training: bool = True
+    """Score the base model first, so the logs show what fine-tuning gained."""
+    multimask_output: bool = False
+    """Train on three candidate masks per object and back-propagate the best (SAM's rule)."""
+    correction_rounds: int = Field(0, ge=0)
+    """Extra decoder passes per step, each adding a click from the previous error region
+    and feeding the previous logits back as the mask prompt (SAM / SAM 2 training)."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    early_stopping: EarlyStoppingConfig | None = None
+    cache_embeddings: Literal["auto", "off"] = "auto"
+    """``auto``: when the image encoder is frozen and no augmentation touches the image,
+    encode each image once and reuse the features from disk."""
+    cache_dtype: Literal["float32", "bfloat16"] = "float32"
+    log_every_n_steps: int = Field(10, ge=1)
+    progress_bar: bool = True
+
+
+class RunConfig(_Section):
+    """A whole run: what to train, on what, how; ``samtune train --print-config`` prints it."""
+
+    name: str = "run"
+    """The run folder is ``<output_dir>/<name>``."""
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    augment: AugmentConfig = AugmentConfig()
+    prompts: PromptConfig = PromptConfig()
+    val_prompts: PromptConfig | None = None
+    """Prompts for validation; by default the training prompts."""
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _stop_condition(self) -> RunConfig:
+        if self.train.max_steps == -1 and self.train.max_epochs is None:
+            raise ValueError("train.max_steps is -1 and train.max_epochs is null: training would never stop")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name

@@ -1,0 +1,280 @@
+"""``FineTuneModule``: the maths of one fine-tuning step, over any samtune adapter.
+
+The module holds the model, the loss and the metrics; the Trainer (``train/run.py``) holds the
+engineering: devices, precision, accumulation, checkpoints, logs. One step:
+
+1. features: from the embedding cache when it holds them (the encoder is frozen), else the
+   encoder (under ``no_grad`` when frozen);
+2. one decoder call per prompt group (objects of every image with the same prompt shape);
+3. logits upsampled to the model input frame and compared with the targets, padding excluded;
+4. optional correction rounds: a click from each object's error region plus the previous
+   low-res logits as the mask prompt, as SAM and SAM 2 train.
+
+Every random draw inside a step comes from a generator seeded with (seed, global step), so a
+resumed run repeats the steps an uninterrupted one takes.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from samtune.config.train import RunConfig
+from samtune.data.batch import Batch
+from samtune.data.prompts import PreviousLogitsStore
+from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.load import load_model
+from samtune.models.lora import add_lora, component
+from samtune.train.cache import EmbeddingCache
+from samtune.train.losses import SegmentationLoss
+from samtune.train.metrics import MaskMetrics
+from samtune.train.schedules import build_scheduler
+
+GROUPS = ("image_encoder", "prompt_encoder", "mask_decoder")
+#: What ``val/<name>`` logs, from :class:`MaskMetrics`' ``compute()``.
+VAL_METRICS = {"iou": "mask_iou", "dice": "mask_dice", "pixel_accuracy": "mask_pixel_accuracy",
+               "boundary_f1": "mask_boundary_f1", "image_iou": "image_iou",
+               "image_dice": "image_dice"}
+
+
+class FineTuneModule(L.LightningModule):
+    """Fine-tunes ``config.model`` with the losses, freezing and LoRA of ``config``."""
+
+    def __init__(self, config: RunConfig, adapter: Adapter | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.save_hyperparameters({"config": config.model_dump(mode="json")})
+        self.adapter = adapter if adapter is not None else load_model(
+            config.model.name, config.model.checkpoint)
+        self._configure_trainable()
+        loss = config.train.loss
+        self.loss = SegmentationLoss(
+            loss.weights, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
+            dice_smooth=loss.dice_smooth, iou_smooth=loss.iou_smooth,
+            iou_tanh_scale=loss.iou_tanh_scale, iou_head_kind=loss.iou_head,
+        )
+        self.val_metrics = MaskMetrics()
+        self.cache: EmbeddingCache | None = None
+        self.store: PreviousLogitsStore | None = None
+        self.encoder_calls = 0
+
+    # --- trainable parameters -------------------------------------------------------------
+    def _configure_trainable(self) -> None:
+        model_cfg = self.config.model
+        self.adapter.requires_grad_(False)
+        for group in GROUPS:
+            if group not in model_cfg.freeze:
+                component(self.adapter, group).requires_grad_(True)
+        lora = model_cfg.lora
+        if lora is not None:
+            add_lora(self.adapter, list(lora.targets), lora.rank, lora.alpha, lora.dropout)
+        # SAM 2's projections of the high-resolution features run inside ``encode``.
+        groups = self.adapter.parameter_groups()
+        encoder_trainable = any(p.requires_grad for p in groups["image_encoder"].values())
+        for p in groups["image_encoder"].values():
+            if not encoder_trainable:
+                p.requires_grad_(False)
+        for p in groups["other"].values():
+            p.requires_grad_(False)
+        if not any(p.requires_grad for p in self.adapter.parameters()):
+            raise ValueError("model.freeze leaves nothing to train; remove a group from it or add lora")
+
+    @property
+    def encoder_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.adapter.parameter_groups()["image_encoder"].values())
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The tensors training changes (official names, LoRA tensors included)."""
+        return {n: p.detach() for n, p in self.adapter.model.named_parameters() if p.requires_grad}
+
+    def train(self, mode: bool = True) -> FineTuneModule:
+        """Frozen components stay in eval mode (TinyViT's batch norms must not update)."""
+        super().train(mode)
+        if mode:
+            for group in GROUPS:
+                module = component(self.adapter, group)
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
+    # --- the step -------------------------------------------------------------------------
+    def features(self, batch: Batch) -> Features:
+        if self.cache is not None and not self.encoder_trainable:
+            return self._cached_features(batch)
+        self.encoder_calls += 1
+        if self.encoder_trainable:
+            return self.adapter.encode(batch.images)
+        with torch.no_grad():
+            return self.adapter.encode(batch.images)
+
+    def _cached_features(self, batch: Batch) -> Features:
+        found = self.cache.get_many(batch.image_ids)
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            self.encoder_calls += 1
+            with torch.no_grad():
+                fresh = self.adapter.encode(batch.images[missing])
+            self.cache.put_many([batch.image_ids[i] for i in missing], fresh)
+            for j, i in enumerate(missing):
+                found[i] = fresh.select(torch.tensor([j], device=fresh.image_embed.device))
+        dtype = batch.images.dtype
+        return Features.cat([f.to(self.device, dtype) for f in found])
+
+    def forward_objects(
+        self, batch: Batch, features: Features, generator: torch.Generator | None = None,
+        rounds: int = 0,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(logits (N, K, S, S), iou (N, K), low_res (N, K, h, w)) per round, objects in batch
+        order; round 0 uses the batch's prompts, each later round adds one click."""
+        multimask = self.config.train.multimask_output
+        n = batch.num_objects
+        outputs = []
+        groups = [(objects, prompts) for objects, prompts in batch.prompt_groups]
+        for r in range(rounds + 1):
+            low_parts, iou_parts, order = [], [], []
+            for objects, prompts in groups:
+                low, iou = self.adapter.decode(features, prompts, multimask_output=multimask and r == 0)
+                low_parts.append(low)
+                iou_parts.append(iou)
+                order.append(objects)
+            index = torch.cat(order)
+            low = torch.empty((n, *low_parts[0].shape[1:]), device=self.device, dtype=low_parts[0].dtype)
+            iou = torch.empty((n, iou_parts[0].shape[1]), device=self.device, dtype=iou_parts[0].dtype)
+            low[index] = torch.cat(low_parts)
+            iou[index] = torch.cat(iou_parts)
+            logits = self.upsample(low)
+            outputs.append((logits, iou, low))
+            if r < rounds:
+                groups = self._correct(groups, batch, logits, iou, low, generator)
+        return outputs
+
+    def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
+        size = self.adapter.image_size
+        return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+
+    def _correct(self, groups, batch: Batch, logits, iou, low, generator):
+        """Next round's prompts: each object's prompts plus one click from its error region,
+        and its chosen low-res logits (detached) as the mask prompt."""
+        best = iou.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        pred = logits[rows, best] > 0
+        clicks, labels = error_clicks(pred, batch.targets, self.valid_mask(batch), generator)
+        previous = low[rows, best][:, None].detach()
+        out = []
+        for objects, p in groups:
+            new_pts = clicks[objects][:, None]
+            new_lbl = labels[objects][:, None].to(torch.int)
+            points = new_pts if p.points is None else torch.cat([p.points, new_pts], dim=1)
+            point_labels = new_lbl if p.point_labels is None else torch.cat([p.point_labels, new_lbl], 1)
+            out.append((objects, Prompts(p.image_index, points, point_labels, p.boxes, previous[objects])))
+        return out
+
+    def valid_mask(self, batch: Batch) -> torch.Tensor:
+        """(N, S, S) True inside each object's image content, False on padding."""
+        size = self.adapter.image_size
+        hw = torch.tensor(batch.input_sizes, device=self.device)[batch.object_image]
+        ys = torch.arange(size, device=self.device)
+        return (ys[None, :, None] < hw[:, 0, None, None]) & (ys[None, None, :] < hw[:, 1, None, None])
+
+    def _step(self, batch: Batch, stage: str):
+        generator = None
+        if self.config.train.correction_rounds and stage == "train":
+            generator = torch.Generator(device=self.device).manual_seed(
+                self.config.seed * 1_000_003 + int(self.global_step))
+        features = self.features(batch)
+        rounds = self.config.train.correction_rounds if stage == "train" else 0
+        valid = self.valid_mask(batch)
+        outputs = self.forward_objects(batch, features, generator, rounds)
+        total, parts = 0.0, {}
+        for logits, iou, _ in outputs:
+            out = self.loss(logits, batch.targets, iou, valid=valid)
+            total = total + out.total / len(outputs)
+            for k, v in out.parts.items():
+                parts[k] = parts.get(k, 0.0) + v.detach() / len(outputs)
+        return total, parts, outputs[0], valid
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if batch.num_objects == 0:
+            return None
+        total, parts, (logits, iou, low), _ = self._step(batch, "train")
+        size = len(batch)
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        for k, v in parts.items():
+            self.log(f"train/loss_{k}", v, batch_size=size)
+        if self.store is not None:
+            best = iou.argmax(dim=1)
+            chosen = low[torch.arange(len(best)), best]
+            self.store.update(batch, torch.arange(batch.num_objects), chosen.detach().float().cpu())
+        return total
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if batch.num_objects == 0:
+            return
+        total, parts, (logits, iou, _), valid = self._step(batch, "val")
+        size = len(batch)
+        self.log("val/loss", total, batch_size=size, sync_dist=True)
+        for k, v in parts.items():
+            self.log(f"val/loss_{k}", v, batch_size=size, sync_dist=True)
+        best = iou.argmax(dim=1)  # the candidate inference would pick
+        pred = logits[torch.arange(len(best)), best] > 0
+        self.val_metrics.update(pred, batch.targets, valid, batch.object_image)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics.update_count == 0:
+            return
+        values = self.val_metrics.compute()
+        for name, key in VAL_METRICS.items():
+            self.log(f"val/{name}", values[key], prog_bar=name == "iou")
+        self.val_metrics.reset()
+
+    # --- optimizer ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = self.config.train.optimizer
+        groups = []
+        for name, params in self.adapter.parameter_groups().items():
+            trainable = [p for p in params.values() if p.requires_grad]
+            if trainable:
+                groups.append({"params": trainable, "lr": opt.group_lr.get(name, opt.lr), "name": name})
+        if opt.name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        elif opt.name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+        return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer)}
+
+    def _scheduler(self, optimizer):
+        s = self.config.train.schedule
+        total = int(self.trainer.estimated_stepping_batches)
+        if s.name == "plateau":
+            mode = "min" if "loss" in s.monitor else "max"
+            return build_scheduler(optimizer, "plateau", total, monitor=s.monitor, mode=mode,
+                                   factor=s.factor, patience=s.patience, threshold=s.threshold,
+                                   cooldown=s.cooldown, min_lr=s.min_lr)
+        params = {"constant": {"warmup_steps": s.warmup_steps},
+                  "cosine": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min},
+                  "cosine_restarts": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min,
+                                      "period": s.period or max(1, total // 10)},
+                  "poly": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min, "power": s.power},
+                  "step": {"warmup_steps": s.warmup_steps, "milestones": tuple(s.milestones),
+                           "gamma": s.gamma}}[s.name]
+        return build_scheduler(optimizer, s.name, total, **params)
+
+
+def error_clicks(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One click per object, drawn uniformly from its error region (SAM's rule), batched on
+    the device: ((N, 2) xy in model input pixels, (N,) labels: 1 where the object was missed,
+    0 where the prediction spilled). With no error, a positive click on the object."""
+    fn = target & ~pred & valid
+    fp = pred & ~target & valid
+    error = fn | fp
+    region = torch.where(error.flatten(1).any(1)[:, None, None], error, target & valid)
+    noise = torch.rand(region.shape, generator=generator, device=region.device)
+    flat = (noise * region).flatten(1).argmax(dim=1)
+    w = region.shape[-1]
+    ys, xs = flat // w, flat % w
+    labels = torch.where(fp.flatten(1)[torch.arange(len(flat)), flat], 0, 1)
+    return torch.stack([xs, ys], dim=1).float(), labels

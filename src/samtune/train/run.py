@@ -1,0 +1,255 @@
+"""``train(config)``: a run folder, the data, the module and a Lightning Trainer, wired together.
+
+What ``samtune train CONFIG`` does, as a function. The run folder::
+
+    runs/<name>/
+      config.yaml        resolved config, every default written out
+      checkpoints/       step=N-val_iou=X.ckpt (best), last.ckpt, periodic; each with a
+                         .safetensors of only the trained tensors beside it; best.ckpt links
+                         to the best one
+      logs/              TensorBoard events and metrics.csv
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from samtune.config.loading import read_yaml, to_yaml, validate
+from samtune.config.train import RunConfig
+from samtune.data.batch import Collator
+from samtune.data.datamodule import SamDataModule
+from samtune.data.mixing import open_dataset
+from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
+from samtune.errors import SamtuneError
+from samtune.files import atomic_path, write_text
+from samtune.models.checkpoints import samtune_home
+from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
+from samtune.train.module import FineTuneModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    return validate(RunConfig, read_yaml(path), str(path))
+
+
+def train(config: RunConfig, resume: bool = False) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue the run in ``config.run_dir``
+    from its ``last.ckpt`` (optimizer, scheduler, step, data order)."""
+    run_dir = config.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise SamtuneError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+        raise SamtuneError(f"{run_dir} already holds checkpoints: resume it with "
+                           f"`samtune train --resume {run_dir}` or choose another name")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    train_data = open_dataset(config.data, "train")
+    val_data = open_dataset(config.data, "val")
+    if len(train_data) == 0:
+        raise SamtuneError("the training data holds no images")
+    module = FineTuneModule(config).train()
+    write_text(run_dir / "config.yaml", to_yaml(config))
+    store = PreviousLogitsStore() if _uses_logits(config) else None
+    module.store = store
+    if _cache_enabled(config, module):
+        module.cache = EmbeddingCache(samtune_home() / "embeddings", model_key(module.adapter),
+                                      preprocess_key(module.adapter),
+                                      dtype=getattr(torch, config.train.cache_dtype))
+    t = config.train
+    datamodule = SamDataModule(
+        train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
+        prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
+        batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
+        seed=config.seed, store=store,
+    )
+    trainer = build_trainer(config, has_val=len(val_data) > 0)
+    base: dict[str, float] = {}
+    with _quiet_lightning():
+        if t.validate_before_training and len(val_data) and not resume:
+            base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
+            write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    best = _link_best(trainer)
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    return TrainResult(run_dir, best, base or _read_base(run_dir), final)
+
+
+def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
+    t = config.train
+    run_dir = config.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    metric = t.checkpoint.monitor
+    callbacks: list[Callback] = [
+        LearningRateMonitor(logging_interval="step"),
+        ResumePositionCallback(),
+    ]
+    if has_val:
+        callbacks.append(RunCheckpoint(
+            dirpath=ckpt_dir, filename=f"step={{step}}-{metric.replace('/', '_')}={{{metric}:.4f}}",
+            auto_insert_metric_name=False, monitor=metric, mode=t.checkpoint.mode,
+            save_top_k=t.checkpoint.save_top_k, save_last=True,
+        ))
+    else:
+        callbacks.append(RunCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
+    if t.checkpoint.every_n_steps:
+        callbacks.append(RunCheckpoint(
+            dirpath=ckpt_dir, filename="periodic-step={step}", auto_insert_metric_name=False,
+            every_n_train_steps=t.checkpoint.every_n_steps, save_top_k=-1,
+        ))
+    if t.early_stopping is not None and has_val:
+        e = t.early_stopping
+        callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
+                                       min_delta=e.min_delta))
+    loggers = [TensorBoardLogger(run_dir, name="logs", version=""),
+               CSVLogger(run_dir, name="logs", version="")]
+    by_steps = t.val_every_n_steps is not None
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=t.precision,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        gradient_clip_val=t.optimizer.grad_clip,
+        val_check_interval=t.val_every_n_steps if by_steps else None,
+        check_val_every_n_epoch=None if by_steps else t.val_every_n_epochs,
+        limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        logger=loggers,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        # metric states made in the first validate() must stay writable in later ones
+        inference_mode=False,
+    )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint that also writes ``<name>.safetensors`` beside each file,
+    holding only the trained tensors (official names, LoRA tensors included), and removes it
+    with its checkpoint."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            from safetensors.torch import save_file
+
+            module = trainer.lightning_module
+            tensors = {k: v.cpu().contiguous() for k, v in module.trainable_state().items()}
+            with atomic_path(Path(filepath).with_suffix(".safetensors")) as tmp:
+                save_file(tensors, str(tmp), metadata={"model": module.config.model.name})
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        side = Path(filepath).with_suffix(".safetensors")
+        if trainer.is_global_zero and side.exists():
+            side.unlink()
+
+
+class ResumePositionCallback(Callback):
+    """On a resume from a mid-epoch checkpoint, start the epoch's data where it stopped.
+
+    Lightning restores the step, the epoch and how many batches of that epoch ran; the
+    sampler's order depends only on (seed, epoch), so skipping those batches reproduces the
+    rest of the epoch exactly.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        datamodule = trainer.datamodule
+        if done and isinstance(datamodule, SamDataModule):
+            datamodule.train_sampler.skip(done * datamodule.batch_size)
+
+
+def _uses_logits(config: RunConfig) -> bool:
+    return any(parse_prompt_kind(kind, "prompts.mix").mask == "logits" for kind in config.prompts.mix)
+
+
+def _cache_enabled(config: RunConfig, module: FineTuneModule) -> bool:
+    """The cache pays off when images reach the encoder unchanged every epoch."""
+    if config.train.cache_embeddings == "off" or module.encoder_trainable:
+        return False
+    a = config.augment
+    image_changes = (a.hflip or a.vflip or a.rotate90 or a.resized_crop is not None
+                     or a.color_jitter is not None or config.data.composite is not None)
+    return not image_changes
+
+
+def _link_best(trainer: L.Trainer) -> Path | None:
+    best = None
+    for cb in trainer.checkpoint_callbacks:
+        if cb.monitor and cb.best_model_path:
+            best = Path(cb.best_model_path)
+    if best is None or not best.is_file():
+        return None
+    link = best.parent / "best.ckpt"
+    tmp = best.parent / ".best.ckpt.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(best.name, tmp)
+    os.replace(tmp, link)
+    return best
+
+
+def _scalars(results: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        out.update({k: float(v) for k, v in r.items()})
+    return out
+
+
+def to_yaml_dict(values: dict[str, float]) -> str:
+    import yaml
+
+    return yaml.safe_dump({k: round(v, 6) for k, v in values.items()}, sort_keys=True)
+
+
+def _read_base(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "base_metrics.yaml"
+    return {k: float(v) for k, v in read_yaml(path).items()} if path.is_file() else {}
+
+
+class _quiet_lightning:
+    """Silence Lightning's tips about workers and logging intervals on tiny demo data."""
+
+    def __enter__(self):
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        for pattern in (".*does not have many workers.*", ".*number of training batches.*",
+                        ".*dataloader is not resumable.*", ".*LeafSpec.*",
+                        ".*module\\(s\\) in eval mode.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

@@ -1,0 +1,127 @@
+"""Each training option takes effect: freezing, LoRA, accumulation, the cache, bf16, rounds."""
+
+import torch
+
+from samtune.data.batch import Collator
+from samtune.data.datamodule import SamDataModule
+from samtune.data.mixing import open_dataset
+from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
+from samtune.train.module import FineTuneModule, error_clicks
+from samtune.train.run import build_trainer
+
+
+def first_batch(module, config):
+    data = SamDataModule(open_dataset(config.data, "train"), Collator.for_model(module.adapter),
+                         prompts=config.prompts, batch_size=2, seed=0)
+    return next(iter(data.train_dataloader())), data
+
+
+def fit(module, config, data):
+    trainer = build_trainer(config, has_val=False)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+def snapshot(module, prefix):
+    return {k: v.clone() for k, v in module.adapter.model.state_dict().items() if k.startswith(prefix)}
+
+
+def test_frozen_groups_do_not_change(make_config):
+    config = make_config("model.freeze=[image_encoder, prompt_encoder]")
+    module = FineTuneModule(config)
+    before_enc, before_dec = snapshot(module, "image_encoder."), snapshot(module, "mask_decoder.")
+    _, data = first_batch(module, config)
+    fit(module, config, data)
+    after_enc, after_dec = snapshot(module, "image_encoder."), snapshot(module, "mask_decoder.")
+    assert all(torch.equal(before_enc[k], after_enc[k]) for k in before_enc)
+    assert any(not torch.equal(before_dec[k], after_dec[k]) for k in before_dec)
+
+
+def test_lora_trains_only_adapter_tensors(make_config):
+    config = make_config("model.freeze=[image_encoder, prompt_encoder, mask_decoder]",
+                         "model.lora={targets: [image_encoder], rank: 2}")
+    module = FineTuneModule(config)
+    trainable = [n for n, p in module.adapter.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    before = {n: p.clone() for n, p in module.adapter.model.named_parameters()}
+    _, data = first_batch(module, config)
+    fit(module, config, data)
+    changed = {n for n, p in module.adapter.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed)
+    # lora_B starts at zero and must have moved
+    assert any("lora_B" in n for n in changed)
+
+
+def test_accumulation_steps_the_optimizer_every_k_batches(make_config):
+    config = make_config("train.accumulate_grad_batches=2", "train.max_steps=1")
+    module = FineTuneModule(config)
+    _, data = first_batch(module, config)
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = counting
+    try:
+        trainer = fit(module, config, data)
+    finally:
+        torch.optim.AdamW.step = original
+    assert trainer.global_step == 1 and len(steps) == 1
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
+
+
+def test_cache_skips_the_encoder_and_gives_the_same_loss(make_config, tmp_path):
+    config = make_config()
+    module = FineTuneModule(config).eval()
+    batch, _ = first_batch(module, config)
+    module.cache = EmbeddingCache(tmp_path / "cache", model_key(module.adapter), preprocess_key(module.adapter))
+    with torch.no_grad():
+        first = module._step(batch, "val")[0]
+        calls = module.encoder_calls
+        second = module._step(batch, "val")[0]
+    assert calls == 1 and module.encoder_calls == 1  # the second step read the cache
+    assert module.cache.hits == len(batch)
+    torch.testing.assert_close(first, second, rtol=0, atol=1e-6)
+    module.cache = None
+    with torch.no_grad():
+        uncached = module._step(batch, "val")[0]
+    torch.testing.assert_close(first, uncached, rtol=0, atol=1e-6)
+
+
+def test_bf16_mixed_runs_on_cpu(make_config):
+    config = make_config("train.precision=bf16-mixed", "train.max_steps=2")
+    module = FineTuneModule(config)
+    _, data = first_batch(module, config)
+    trainer = fit(module, config, data)
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_multimask_and_correction_rounds_run(make_config):
+    config = make_config("train.multimask_output=true", "train.correction_rounds=2",
+                         "model.freeze=[image_encoder]")
+    module = FineTuneModule(config)
+    batch, _ = first_batch(module, config)
+    outputs = module.forward_objects(batch, module.features(batch), torch.Generator().manual_seed(0), rounds=2)
+    assert [o[0].shape[1] for o in outputs] == [3, 1, 1]
+    total, parts, _, _ = module._step(batch, "train")
+    total.backward()
+    assert torch.isfinite(total)
+
+
+def test_error_clicks_land_in_the_error_region():
+    target = torch.zeros(3, 8, 8, dtype=torch.bool)
+    target[:, 2:6, 2:6] = True
+    pred = target.clone()
+    pred[0, 2:6, 2:4] = False   # missed part: positive click there
+    pred[1, 0:2, :] = True      # spill: negative click there
+    valid = torch.ones(8, 8, dtype=torch.bool).expand(3, 8, 8)
+    points, labels = error_clicks(pred, target, valid, torch.Generator().manual_seed(0))
+    x, y = points[0].long()
+    assert labels[0] == 1 and target[0, y, x] and not pred[0, y, x]
+    x, y = points[1].long()
+    assert labels[1] == 0 and pred[1, y, x] and not target[1, y, x]
+    x, y = points[2].long()  # no error: a positive click on the object
+    assert labels[2] == 1 and target[2, y, x]
