@@ -104,6 +104,7 @@ class EpochSampler(Sampler):
         if self.shuffle:
             rng = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch])
             order = rng.permutation(self.n)
+        order, self._skip = order[self._skip:], 0
         return iter([(self.epoch, int(i)) for i in order])
 
 

@@ -55,3 +55,20 @@ def overlay(
                            thickness + 2)
             cv2.drawMarker(out, (round(x), round(y)), colour, cv2.MARKER_STAR, size, thickness + 1)
     return out
+
+
+def side_by_side(panels: list[np.ndarray], titles: list[str], gap: int = 6) -> np.ndarray:
+    """HxWx3 panels in one row with a title above each, for comparisons people read at a
+    glance (image | ground truth | base | fine-tuned)."""
+    h = max(p.shape[0] for p in panels)
+    band = max(18, h // 12)
+    scale = band / 30
+    tiles = []
+    for panel, title in zip(panels, titles):
+        tile = np.full((h + band, panel.shape[1], 3), 255, dtype=np.uint8)
+        tile[band : band + panel.shape[0]] = panel
+        cv2.putText(tile, title, (4, band - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                    max(1, round(scale * 2)), cv2.LINE_AA)
+        tiles.append(tile)
+        tiles.append(np.full((h + band, gap, 3), 255, dtype=np.uint8))
+    return np.concatenate(tiles[:-1], axis=1)

@@ -172,12 +172,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path)
 
 
+#: Where samtune's own Lightning checkpoints keep the official module's tensors.
+LIGHTNING_PREFIX = "adapter.model."
+
+
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
+        if obj and all(str(k).startswith(LIGHTNING_PREFIX) for k in obj):
+            obj = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj.items()}
+        if any(".lora_A." in str(k) for k in obj):
+            raise CheckpointError(
+                f"{path}: holds LoRA adapters that are not merged into the weights; load the "
+                "run's export (samtune export RUN) or the run folder instead"
+            )
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]

@@ -17,7 +17,10 @@ from torch import nn
 from samtune.errors import CheckpointError
 from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import (
-    describe_state_dict, fetch_checkpoint, guess_family, read_state_dict,
+    describe_state_dict,
+    fetch_checkpoint,
+    guess_family,
+    read_state_dict,
 )
 from samtune.models.registry import ModelSpec, get_spec, list_models
 from samtune.models.sam import MobileSamAdapter, SamAdapter, build_sam

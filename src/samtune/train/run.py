@@ -87,6 +87,10 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
         seed=config.seed, store=store,
     )
+    if resume:
+        done = batches_done_in_epoch(last)
+        if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
+            datamodule.train_sampler.skip(done * t.batch_size)
     trainer = build_trainer(config, has_val=len(val_data) > 0)
     base: dict[str, float] = {}
     with _quiet_lightning():
@@ -94,8 +98,12 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
             write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        save_last(trainer, last)
+        final = {}
+        if len(val_data):  # the trained weights' score, whatever the validation interval
+            final = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
+            write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
     best = _link_best(trainer)
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     return TrainResult(run_dir, best, base or _read_base(run_dir), final)
 
 
@@ -106,7 +114,6 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
     metric = t.checkpoint.monitor
     callbacks: list[Callback] = [
         LearningRateMonitor(logging_interval="step"),
-        ResumePositionCallback(),
     ]
     if has_val:
         callbacks.append(RunCheckpoint(
@@ -161,13 +168,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            from safetensors.torch import save_file
-
-            module = trainer.lightning_module
-            tensors = {k: v.cpu().contiguous() for k, v in module.trainable_state().items()}
-            with atomic_path(Path(filepath).with_suffix(".safetensors")) as tmp:
-                save_file(tensors, str(tmp), metadata={"model": module.config.model.name})
+        save_trained_tensors(trainer, Path(filepath))
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
@@ -176,19 +177,34 @@ class RunCheckpoint(ModelCheckpoint):
             side.unlink()
 
 
-class ResumePositionCallback(Callback):
-    """On a resume from a mid-epoch checkpoint, start the epoch's data where it stopped.
+def save_trained_tensors(trainer: L.Trainer, checkpoint: Path) -> None:
+    """``<checkpoint>.safetensors``: only the trained tensors, official names."""
+    if not trainer.is_global_zero:
+        return
+    from safetensors.torch import save_file
 
-    Lightning restores the step, the epoch and how many batches of that epoch ran; the
-    sampler's order depends only on (seed, epoch), so skipping those batches reproduces the
-    rest of the epoch exactly.
+    module = trainer.lightning_module
+    tensors = {k: v.cpu().contiguous() for k, v in module.trainable_state().items()}
+    with atomic_path(checkpoint.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"model": module.config.model.name})
+
+
+def save_last(trainer: L.Trainer, last: Path) -> None:
+    """``last.ckpt`` at the step training ended on, whatever the checkpoint intervals."""
+    trainer.save_checkpoint(last)
+    save_trained_tensors(trainer, last)
+
+
+def batches_done_in_epoch(checkpoint: Path) -> int:
+    """How many batches of its epoch a checkpoint had trained on.
+
+    Lightning restores the step and the epoch but, for a plain DataLoader, restarts the
+    epoch's data from its first batch; the sampler's order depends only on (seed, epoch), so
+    skipping this many batches continues the epoch exactly where it stopped.
     """
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        datamodule = trainer.datamodule
-        if done and isinstance(datamodule, SamDataModule):
-            datamodule.train_sampler.skip(done * datamodule.batch_size)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+    return int(progress["processed"])
 
 
 def _uses_logits(config: RunConfig) -> bool:
@@ -247,7 +263,7 @@ class _quiet_lightning:
         self._ctx.__enter__()
         for pattern in (".*does not have many workers.*", ".*number of training batches.*",
                         ".*dataloader is not resumable.*", ".*LeafSpec.*",
-                        ".*module\\(s\\) in eval mode.*"):
+                        ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*"):
             warnings.filterwarnings("ignore", message=pattern)
         return self
 

@@ -1,0 +1,101 @@
+"""The run folder, checkpoints, logs, resume and the train CLI."""
+
+import csv
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from samtune import load_model
+from samtune.cli import app
+from samtune.config import ConfigError, build_run_config
+from samtune.errors import SamtuneError
+from samtune.train.run import load_run_config, train
+
+
+def test_run_folder_holds_config_checkpoints_and_logs(make_config):
+    config = make_config("train.max_steps=4", "train.val_every_n_steps=2", "train.log_every_n_steps=1")
+    result = train(config)
+    run = config.run_dir
+    assert load_run_config(run) == config  # every default written out, read back equal
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    best = [n for n in names if n.startswith("step=") and n.endswith(".ckpt")]
+    assert best and all("-val_iou=" in n for n in best), names
+    assert "last.ckpt" in names and "last.safetensors" in names and "best.ckpt" in names
+    assert (run / "checkpoints" / "best.ckpt").resolve() == result.best_checkpoint.resolve()
+    # only the trained tensors beside each checkpoint (the encoder is frozen by default)
+    side = load_file(str(run / "checkpoints" / "last.safetensors"))
+    assert side and all(k.startswith("mask_decoder.") for k in side)
+    rows = list(csv.DictReader(open(run / "logs" / "metrics.csv")))
+    logged = set().union(*(r.keys() for r in rows))
+    assert {"train/loss", "train/loss_focal", "train/loss_dice", "val/iou", "val/dice",
+            "lr-AdamW/mask_decoder"} <= logged
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "logs").iterdir())
+    assert "val/iou" in result.base_metrics and "val/iou" in result.final_metrics
+    # the checkpoint loads back as a plain model with the trained decoder
+    model = load_model("sam_tiny", checkpoint=run / "checkpoints" / "last.ckpt")
+    for k, v in side.items():
+        assert torch.equal(model.model.state_dict()[k], v)
+
+
+def test_an_existing_run_is_not_overwritten(make_config):
+    config = make_config("train.max_steps=1")
+    train(config)
+    with pytest.raises(SamtuneError, match="--resume"):
+        train(config)
+
+
+def test_resume_matches_an_uninterrupted_run(make_config):
+    """Kill a run after step 4 of 6 (mid-epoch: 3 batches per epoch), resume it, and end with
+    the weights of the uninterrupted run: optimizer, schedule, step and data order restored."""
+    common = ["train.max_steps=6", "train.val_every_n_steps=null", "train.val_every_n_epochs=1",
+              "train.validate_before_training=false", "train.checkpoint.every_n_steps=1",
+              "model.freeze=[image_encoder]", "prompts.mix={box: 0.5, points: 0.5}"]
+    full = make_config(*common, name="full")
+    train(full)
+    part = make_config(*common, name="part")
+    train(part)
+    ckpts = part.run_dir / "checkpoints"
+    for later in ckpts.glob("*"):
+        if later.name.startswith(("periodic-step=5", "periodic-step=6", "last")):
+            later.unlink()
+    shutil.copy(ckpts / "periodic-step=4.ckpt", ckpts / "last.ckpt")  # killed after step 4
+    train(part, resume=True)
+    a = torch.load(full.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(part.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_unknown_keys_suggest_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.optimzer'; did you mean 'train.optimizer'"):
+        build_run_config(None, ["train.optimzer.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"train.max_steps"):
+        build_run_config(None, ["train.max_steps=many"])
+
+
+def test_print_config_writes_every_default():
+    result = CliRunner().invoke(app, ["train", "--print-config", "--set", "train.max_steps=7"])
+    assert result.exit_code == 0, result.output
+    for key in ("max_steps: 7", "focal_alpha:", "accumulate_grad_batches:", "freeze:", "mix:"):
+        assert key in result.output
+
+
+def test_cli_train_and_resume(make_config, tmp_path):
+    config = make_config("train.max_steps=2")
+    path = tmp_path / "run.yaml"
+    from samtune.config.loading import to_yaml
+
+    path.write_text(to_yaml(config))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "base" in result.output and "fine-tuned" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(config.run_dir), "--set", "train.max_steps=3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "not a run folder" in result.output
