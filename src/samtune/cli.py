@@ -167,7 +167,7 @@ def data_check_command(
 @user_errors
 def demo_command(
     output: Annotated[Path, typer.Option(help="Folder for the generated data and the run.")] = Path("demo_output"),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 800,
 ) -> None:
     """The main job on an embedded default: generate data, fine-tune the tiny SAM, compare
     base and fine-tuned, predict."""

@@ -47,7 +47,7 @@ def make_demo_data(root: Path) -> Path:
     return root
 
 
-def run_demo(output: Path, steps: int = 600, console: Console | None = None) -> dict[str, float]:
+def run_demo(output: Path, steps: int = 800, console: Console | None = None) -> dict[str, float]:
     """Run the demo into ``output``; returns the base and fine-tuned validation IoU."""
     console = console or Console()
     output = Path(output)

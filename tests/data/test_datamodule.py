@@ -177,3 +177,13 @@ def test_lightning_reseeds_every_epoch():
         sampler.set_epoch(epoch)
         expected.append([i for _, i in sampler])
     assert orders == expected
+
+
+def test_validation_prompts_do_not_follow_the_training_epoch():
+    """Lightning sets the epoch on validation samplers too; validation must not change with it."""
+    from samtune.data.datamodule import EpochSampler
+
+    sampler = EpochSampler(5, seed=3, shuffle=False, follow_epochs=False)
+    first = list(sampler)
+    sampler.set_epoch(7)
+    assert list(sampler) == first and all(epoch == 0 for epoch, _ in first)

@@ -83,13 +83,17 @@ class EpochSampler(Sampler):
     ``DistributedSampler``), which reseeds both the order and the items' random draws.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, follow_epochs: bool = True) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.follow_epochs = follow_epochs
         self.epoch = 0
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Lightning calls this on validation samplers too; with ``follow_epochs=False``
+        (validation) the epoch stays 0, so every validation sees the same prompts."""
+        if self.follow_epochs:
+            self.epoch = int(epoch)
 
     def skip(self, count: int) -> None:
         """Leave out the first ``count`` items of the next pass (once): a run resumed
@@ -170,7 +174,7 @@ class SamDataModule(L.LightningDataModule):
         """Validation batches; an empty list (no validation) without a ``val`` source."""
         if self.val_set is None:
             return []
-        sampler = EpochSampler(len(self.val_set), self.seed, shuffle=False)
+        sampler = EpochSampler(len(self.val_set), self.seed, shuffle=False, follow_epochs=False)
         return self._loader(self.val_set, sampler, self.val_batch_size, False)
 
     def _loader(self, dataset: Dataset, sampler: Sampler, batch_size: int,
