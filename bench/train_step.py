@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from samtune.config import build_run_config
 from samtune.data.batch import Collator, Item
 from samtune.data.prompts import ObjectPrompt, parse_prompt_kind
-from samtune.data.synthetic import make_scenes
 from samtune.data.sample import Sample
+from samtune.data.synthetic import make_scenes
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.module import FineTuneModule
 

@@ -187,3 +187,20 @@ def test_validation_prompts_do_not_follow_the_training_epoch():
     first = list(sampler)
     sampler.set_epoch(7)
     assert list(sampler) == first and all(epoch == 0 for epoch, _ in first)
+
+
+def test_ddp_shards_cover_the_epoch_once_with_equal_lengths():
+    from samtune.data.datamodule import EpochSampler
+
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(7, seed=1)
+        sampler.shard(rank, 3)
+        sampler.set_epoch(2)
+        shards.append([i for _, i in sampler])
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert set().union(*map(set, shards)) == set(range(7))
+    full = EpochSampler(7, seed=1)
+    full.set_epoch(2)
+    order = [i for _, i in full]
+    assert [order[k] for k in range(0, 7, 3)] == shards[0][: len(range(0, 7, 3))]

@@ -99,3 +99,37 @@ def test_cli_train_and_resume(make_config, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "not a run folder" in result.output
+
+
+def test_cached_run_encodes_each_image_once(make_config):
+    """Frozen encoder, no augmentation: the images are encoded before training and never again."""
+    config = make_config("train.max_steps=6", "train.val_every_n_steps=3")
+    from samtune.models.sam import SamAdapter
+    from samtune.train import run as run_module
+
+    calls, encodes = [], []
+    original, original_encode = run_module._encode_into_cache, SamAdapter.encode
+
+    def counting(adapter, cache, pending):
+        calls.append(len(pending))
+        return original(adapter, cache, pending)
+
+    def encode(self, images):
+        encodes.append(len(images))
+        return original_encode(self, images)
+
+    run_module._encode_into_cache, SamAdapter.encode = counting, encode
+    try:
+        result = train(config)
+    finally:
+        run_module._encode_into_cache, SamAdapter.encode = original, original_encode
+    assert sum(calls) == 8  # 6 train + 2 val images, once each
+    assert encodes == calls  # the training and validation steps never ran the encoder
+    assert result.final_metrics
+    calls.clear()
+    run_module._encode_into_cache = counting
+    try:  # a later run with the same model and data reads everything from the cache
+        train(make_config("train.max_steps=2", name="again"))
+    finally:
+        run_module._encode_into_cache = original
+    assert calls == []

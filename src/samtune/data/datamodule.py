@@ -88,6 +88,12 @@ class EpochSampler(Sampler):
         self.follow_epochs = follow_epochs
         self.epoch = 0
         self._skip = 0
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Under DDP, yield only every ``world_size``-th item of the epoch's order, starting at
+        ``rank`` (padded by wrapping, so every rank takes the same number of steps)."""
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this on validation samplers too; with ``follow_epochs=False``
@@ -101,13 +107,16 @@ class EpochSampler(Sampler):
         self._skip = int(count)
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.arange(self.n)
         if self.shuffle:
             rng = np.random.default_rng([_ORDER_STREAM, self.seed, self.epoch])
             order = rng.permutation(self.n)
+        if self.world_size > 1:
+            total = len(self) * self.world_size
+            order = np.resize(order, total)[self.rank :: self.world_size]
         order, self._skip = order[self._skip:], 0
         return iter([(self.epoch, int(i)) for i in order])
 
@@ -168,6 +177,10 @@ class SamDataModule(L.LightningDataModule):
         self.train_sampler.set_epoch(epoch)
 
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            # Lightning's own distributed sampler would hide set_epoch from EpochSampler
+            self.train_sampler.shard(trainer.global_rank, trainer.world_size)
         return self._loader(self.train_set, self.train_sampler, self.batch_size, self.drop_last)
 
     def val_dataloader(self) -> DataLoader | list:

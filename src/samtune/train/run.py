@@ -81,6 +81,9 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
                                       preprocess_key(module.adapter),
                                       dtype=getattr(torch, config.train.cache_dtype))
     t = config.train
+    if module.cache is not None:
+        for data in (train_data, val_data):
+            fill_cache(module, data, t.batch_size)
     datamodule = SamDataModule(
         train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
@@ -205,6 +208,37 @@ def batches_done_in_epoch(checkpoint: Path) -> int:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
     return int(progress["processed"])
+
+
+def fill_cache(module: FineTuneModule, data, batch_size: int) -> None:
+    """Encode every image of ``data`` not yet in the cache, in batches, with a progress bar:
+    the only encoder passes of a cached run (later epochs and later runs read the disk)."""
+    from tqdm.auto import tqdm
+
+    from samtune.data.batch import image_key
+
+    cache, adapter = module.cache, module.adapter
+    sources = getattr(data, "sources", [data])  # a MixedSource: every image it may draw
+    samples = (sample for source in sources for sample in source)
+    total = sum(len(source) for source in sources)
+    pending: list[tuple[str, object]] = []
+    with tqdm(total=total, desc="caching image embeddings", unit="img") as bar:
+        for sample in samples:
+            key = image_key(sample.image)
+            if cache.get(key) is None and key not in {k for k, _ in pending}:
+                pending.append((key, sample.image))
+            if len(pending) == batch_size:
+                _encode_into_cache(adapter, cache, pending)
+                pending = []
+            bar.update(1)
+        if pending:
+            _encode_into_cache(adapter, cache, pending)
+
+
+def _encode_into_cache(adapter, cache: EmbeddingCache, pending: list) -> None:
+    with torch.no_grad():
+        features = adapter.encode(adapter.preprocess([image for _, image in pending]).images)
+    cache.put_many([key for key, _ in pending], features)
 
 
 def _uses_logits(config: RunConfig) -> bool:
