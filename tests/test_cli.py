@@ -82,3 +82,23 @@ def test_bad_arguments_give_one_clear_line(image_file, args, message):
 def test_missing_image(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path / "none.png"), "--model", "sam_tiny", "--box", "1,1,5,5"])
     assert result.exit_code == 1 and "none.png: no such image file" in result.output
+
+
+def test_data_check_exit_codes(tmp_path):
+    from samtune.data.synthetic import make_scenes, write_folder
+
+    good = write_folder(tmp_path / "good", make_scenes(3, size=(32, 40)), masks="label_png16")
+    result = runner.invoke(app, ["data", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "3 images" in result.output
+    bad = write_folder(tmp_path / "bad", make_scenes(3, size=(32, 40)), masks="label_png16")
+    mask = next((bad / "masks").iterdir())
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(mask)
+    result = runner.invoke(app, ["data", "check", str(bad)])
+    assert result.exit_code == 1
+    assert f"masks/{mask.name}" in result.output
+
+
+def test_demo_is_a_command():
+    result = runner.invoke(app, ["demo", "--help"])
+    assert result.exit_code == 0 and "--steps" in result.output
