@@ -134,6 +134,11 @@ def main() -> None:
                                       memory_items=args.images)
         results["samtune, cached embeddings"] = timed(samtune_step, module, batch, optimizer,
                                                       args.steps, args.warmup, args.device, autocast)
+        # the same cached step with the loss on the raw 256x256 decoder logits
+        module.config = module.config.model_copy(update={"train": module.config.train.model_copy(
+            update={"loss_resolution": "low_res"})})
+        results["samtune, cached, low-res loss"] = timed(samtune_step, module, batch, optimizer,
+                                                         args.steps, args.warmup, args.device, autocast)
         module.cache = None
 
     base = results["reference loop (per image, per object)"]["images_per_s"]

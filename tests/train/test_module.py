@@ -125,3 +125,22 @@ def test_error_clicks_land_in_the_error_region():
     assert labels[1] == 0 and pred[1, y, x] and not target[1, y, x]
     x, y = points[2].long()  # no error: a positive click on the object
     assert labels[2] == 1 and target[2, y, x]
+
+
+def test_low_res_loss_compares_decoder_logits_with_shrunk_targets(make_config):
+    config = make_config("train.loss_resolution=low_res")
+    module = FineTuneModule(config)
+    batch, _ = first_batch(module, config)
+    valid = module.valid_mask(batch)
+    targets, low_valid = module.low_res_targets(batch, valid)
+    h, w = module.adapter.mask_input_size
+    assert targets.shape == (batch.num_objects, h, w) and low_valid.shape == targets.shape
+    # the shrunk target keeps each object's area fraction (within the 4x4 block rounding)
+    scale = (module.adapter.image_size // h) ** 2
+    assert torch.allclose(targets.sum((1, 2)).float() * scale, batch.targets.sum((1, 2)).float(),
+                          rtol=0.35, atol=4 * scale)
+    total, parts, _, _ = module._step(batch, "train")
+    total.backward()
+    assert torch.isfinite(total)
+    grads = [p.grad for p in module.adapter.model.mask_decoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

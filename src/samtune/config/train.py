@@ -137,6 +137,12 @@ class TrainConfig(_Section):
     """Score the base model first, so the logs show what fine-tuning gained."""
     multimask_output: bool = False
     """Train on three candidate masks per object and back-propagate the best (SAM's rule)."""
+    loss_resolution: Literal["input", "low_res"] = "input"
+    """Where the training loss compares masks: ``input``, the decoder logits upsampled to the
+    model input frame (1024x1024 for the official models; SAM 2's trainer does this), or
+    ``low_res``, the raw decoder logits (256x256) against targets shrunk to that size: 16x
+    fewer pixels, much faster and lighter when the encoder is cached. Validation metrics are
+    always computed in the input frame."""
     correction_rounds: int = Field(0, ge=0)
     """Extra decoder passes per step, each adding a click from the previous error region
     and feeding the previous logits back as the mask prompt (SAM / SAM 2 training)."""

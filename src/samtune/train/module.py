@@ -186,13 +186,25 @@ class FineTuneModule(L.LightningModule):
         rounds = self.config.train.correction_rounds if stage == "train" else 0
         valid = self.valid_mask(batch)
         outputs = self.forward_objects(batch, features, generator, rounds)
+        low_res = stage == "train" and self.config.train.loss_resolution == "low_res"
+        targets, loss_valid = (self.low_res_targets(batch, valid) if low_res else (batch.targets, valid))
         total, parts = 0.0, {}
-        for logits, iou, _ in outputs:
-            out = self.loss(logits, batch.targets, iou, valid=valid)
+        for logits, iou, low in outputs:
+            out = self.loss(low if low_res else logits, targets, iou, valid=loss_valid)
             total = total + out.total / len(outputs)
             for k, v in out.parts.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(outputs)
         return total, parts, outputs[0], valid
+
+    def low_res_targets(self, batch: Batch, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Targets and valid pixels at the decoder's low-res size (area fraction > 0.5), for a
+        loss on the raw decoder logits: 16x fewer pixels than the 1024 input frame."""
+        size = self.adapter.mask_input_size
+
+        def shrink(m: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(m[:, None].float(), size, mode="area")[:, 0] > 0.5
+
+        return shrink(batch.targets), shrink(valid)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if batch.num_objects == 0:
