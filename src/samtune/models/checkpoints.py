@@ -186,8 +186,9 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
             obj = {k[len(LIGHTNING_PREFIX):]: v for k, v in obj.items()}
         if any(".lora_A." in str(k) for k in obj):
             raise CheckpointError(
-                f"{path}: holds LoRA adapters that are not merged into the weights; load the "
-                "run's export (samtune export RUN) or the run folder instead"
+                f"{path}: holds LoRA adapters that are not merged into the weights, so it is "
+                "not an official-format checkpoint; merging LoRA runs into one (samtune export) "
+                "is not in this version yet"
             )
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")

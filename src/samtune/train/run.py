@@ -12,7 +12,6 @@ What ``samtune train CONFIG`` does, as a function. The run folder::
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -39,8 +38,6 @@ from samtune.files import atomic_path, write_text
 from samtune.models.checkpoints import samtune_home
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.module import FineTuneModule
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
