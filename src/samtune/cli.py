@@ -149,14 +149,13 @@ def data_check_command(
     Never modifies the files."""
     from samtune.data.validate import check
 
-    target = path
     if path.suffix in (".yaml", ".yml"):
         from samtune.config import build_run_config
 
         sources = build_run_config(path, []).data.train
         reports = [check(source, format=format) for source in sources]
     else:
-        reports = [check(target, format=format)]
+        reports = [check(path, format=format)]
     for report in reports:
         console.print(report.render(), highlight=False, markup=False)
     if not all(r.ok for r in reports):

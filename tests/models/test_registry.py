@@ -1,8 +1,7 @@
 import pytest
-import torch
 
 from samtune import SamtuneError, get_spec, list_models
-from samtune.models.load import build_official
+from samtune.models.load import build_without_weights
 
 EXPECTED = {
     "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "mobile_sam",
@@ -31,11 +30,7 @@ def test_specs_carry_files_urls_and_checksums():
 
 @pytest.mark.parametrize("spec", list_models(), ids=lambda s: s.name)
 def test_parameter_counts_match_the_official_builders(spec):
-    try:
-        with torch.device("meta"):
-            module = build_official(spec)
-    except Exception:  # TinyViT and Hiera call .item() while building
-        module = build_official(spec)
+    module = build_without_weights(spec)
     assert sum(p.numel() for p in module.parameters()) == spec.params
 
 

@@ -103,15 +103,19 @@ def identify(sd: dict[str, torch.Tensor]) -> ModelSpec | None:
 
 @functools.lru_cache(maxsize=None)
 def _shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of a registered model, built on the meta device (no memory, no init).
+    """Tensor shapes of a registered model (built only when a file fails to match)."""
+    module = build_without_weights(get_spec(name))
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def build_without_weights(spec: ModelSpec) -> nn.Module:
+    """The official module on the meta device (no memory, no init) where the family allows.
 
     TinyViT and Hiera call ``.item()`` while building, which meta tensors refuse; those are
-    built on the CPU instead (seconds, and only when a file fails to match).
+    built on the CPU instead (seconds).
     """
-    spec = get_spec(name)
     try:
         with torch.device("meta"):
-            module = build_official(spec)
+            return build_official(spec)
     except Exception:  # noqa: BLE001 - hydra wraps the RuntimeError in its own type
-        module = build_official(spec)
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        return build_official(spec)

@@ -71,18 +71,15 @@ class FineTuneModule(L.LightningModule):
             add_lora(self.adapter, list(lora.targets), lora.rank, lora.alpha, lora.dropout)
         # SAM 2's projections of the high-resolution features run inside ``encode``.
         groups = self.adapter.parameter_groups()
-        encoder_trainable = any(p.requires_grad for p in groups["image_encoder"].values())
+        #: fixed from here on; read on every step to choose the cache or the encoder
+        self.encoder_trainable = any(p.requires_grad for p in groups["image_encoder"].values())
         for p in groups["image_encoder"].values():
-            if not encoder_trainable:
+            if not self.encoder_trainable:
                 p.requires_grad_(False)
         for p in groups["other"].values():
             p.requires_grad_(False)
         if not any(p.requires_grad for p in self.adapter.parameters()):
             raise ValueError("model.freeze leaves nothing to train; remove a group from it or add lora")
-
-    @property
-    def encoder_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.adapter.parameter_groups()["image_encoder"].values())
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The tensors training changes (official names, LoRA tensors included)."""

@@ -219,11 +219,13 @@ def fill_cache(module: FineTuneModule, data, batch_size: int) -> None:
     samples = (sample for source in sources for sample in source)
     total = sum(len(source) for source in sources)
     pending: list[tuple[str, object]] = []
+    seen: set[str] = set()
     with tqdm(total=total, desc="caching image embeddings", unit="img") as bar:
         for sample in samples:
             key = image_key(sample.image)
-            if cache.get(key) is None and key not in {k for k, _ in pending}:
+            if key not in seen and cache.get(key) is None:
                 pending.append((key, sample.image))
+            seen.add(key)
             if len(pending) == batch_size:
                 _encode_into_cache(adapter, cache, pending)
                 pending = []
