@@ -24,6 +24,7 @@ from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
 from samtune.data.prompts import PreviousLogitsStore
 from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.fast import apply_fast_options
 from samtune.models.load import load_model
 from samtune.models.lora import add_lora, component
 from samtune.train.cache import EmbeddingCache
@@ -48,6 +49,9 @@ class FineTuneModule(L.LightningModule):
         self.adapter = adapter if adapter is not None else load_model(
             config.model.name, config.model.checkpoint)
         self._configure_trainable()
+        train = config.train  # after LoRA, which the fused attention calls through
+        apply_fast_options(self.adapter, train.fused_attention, train.gradient_checkpointing,
+                           train.compile)
         loss = config.train.loss
         self.loss = SegmentationLoss(
             loss.weights, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma,
