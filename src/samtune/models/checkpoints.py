@@ -64,6 +64,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over ``tensors`` in name order: each name, dtype, shape and raw bytes.
+
+    Identifies weights whatever file they came from (``.pth``, safetensors, a random init
+    under a seed): two state dicts hash equal exactly when they hold the same tensors.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def download(
     url: str,
     dest: Path,
@@ -187,8 +201,8 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
         if any(".lora_A." in str(k) for k in obj):
             raise CheckpointError(
                 f"{path}: holds LoRA adapters that are not merged into the weights, so it is "
-                "not an official-format checkpoint; merging LoRA runs into one (samtune export) "
-                "is not in this version yet"
+                "not an official-format checkpoint. Load the run with load_model(RUN_FOLDER) or "
+                "load_model(this file), or run `samtune export RUN_FOLDER` for a merged model.pth"
             )
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")

@@ -51,6 +51,19 @@ def has_lora(module: nn.Module) -> bool:
     return any("lora_" in name for name, _ in module.named_parameters())
 
 
+def is_lora_tensor(name: str) -> bool:
+    """True for a LoRA adapter tensor (``...qkv.lora_A.default.weight``), which has no
+    official counterpart."""
+    return ".lora_" in name
+
+
+def official_name(name: str) -> str:
+    """The official state-dict name of a tensor of a LoRA-wrapped module: peft keeps the
+    wrapped layer's own tensors under ``base_layer`` (``attn.qkv.base_layer.weight`` ->
+    ``attn.qkv.weight``); other names are already official."""
+    return name.replace(".base_layer.", ".")
+
+
 def merge_lora(module: nn.Module) -> None:
     """Fold every LoRA layer into its base layer and unwrap it, in place."""
     from peft.tuners.lora import LoraLayer

@@ -25,7 +25,7 @@ from samtune.data.batch import Batch
 from samtune.data.prompts import PreviousLogitsStore
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
-from samtune.models.load import load_model
+from samtune.models.load import load_base_model
 from samtune.models.lora import add_lora, component
 from samtune.train.cache import EmbeddingCache
 from samtune.train.losses import SegmentationLoss
@@ -46,8 +46,9 @@ class FineTuneModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
-        self.adapter = adapter if adapter is not None else load_model(
-            config.model.name, config.model.checkpoint)
+        # Random parts drawn under the run's seed: ``train.export.base_model`` rebuilds them.
+        self.adapter = adapter if adapter is not None else load_base_model(
+            config.model.name, config.model.checkpoint, seed=config.seed)
         self._configure_trainable()
         train = config.train  # after LoRA, which the fused attention calls through
         apply_fast_options(self.adapter, train.fused_attention, train.gradient_checkpointing,
