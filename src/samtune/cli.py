@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from samtune.errors import SamtuneError
@@ -39,7 +40,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SamtuneError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -72,32 +73,64 @@ def models_command(
 @app.command("predict")
 @user_errors
 def predict_command(
-    image: Annotated[Path, typer.Argument(help="Image file to segment.")],
-    model: Annotated[str, typer.Option(help="Model name (see `samtune models`).")],
+    inputs: Annotated[Path, typer.Argument(help="An image file, or a folder of images (searched recursively).")],
+    model: Annotated[str, typer.Option(
+        help="Model name (see `samtune models`), run folder, or checkpoint file.")],
     checkpoint: Annotated[Optional[str], typer.Option(
-        help="Checkpoint file, or 'auto' for the official one from the cache (downloaded if missing). "
-             "Omit for random init.")] = None,
+        help="With a model name: checkpoint file, or 'auto' for the official one from the cache "
+             "(downloaded if missing). Omit for random init.")] = None,
     box: Annotated[Optional[list[str]], typer.Option(
         help="Box prompt x0,y0,x1,y1 in pixels; repeat for several objects.")] = None,
     point: Annotated[Optional[list[str]], typer.Option(
         help="Point prompt x,y[,label] (label 1 object, 0 background); repeat for several points.")] = None,
-    output: Annotated[Path, typer.Option(help="Folder for masks, overlay and JSON.")] = Path("predictions"),
-    multimask: Annotated[bool, typer.Option(help="Predict three candidates per object.")] = False,
+    prompts: Annotated[Optional[Path], typer.Option(
+        help="Prompt file: samtune JSON (image name -> objects) or a COCO file (its boxes).")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Segment everything, no prompts.")] = False,
+    output: Annotated[Path, typer.Option(help="Folder for masks, overlays and predictions.json.")] = Path("predictions"),
+    label_map: Annotated[bool, typer.Option(
+        "--label-map", help="One label-map PNG per image (object i = value i+1) instead of a PNG per object.")] = False,
+    multimask: Annotated[bool, typer.Option(help="Predict three candidates per object; keep the best.")] = False,
     opacity: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity.")] = 0.5,
+    points_per_side: Annotated[Optional[int], typer.Option(
+        min=1, help="--auto: grid of points per side (family default 32).")] = None,
+    pred_iou_thresh: Annotated[Optional[float], typer.Option(
+        help="--auto: drop masks whose predicted IoU is below this (family default).")] = None,
+    stability_score_thresh: Annotated[Optional[float], typer.Option(
+        help="--auto: drop masks less stable than this (default 0.95).")] = None,
+    crop_n_layers: Annotated[Optional[int], typer.Option(
+        min=0, help="--auto: also run on 4^k crops for k = 1..n (default 0).")] = None,
+    min_mask_region_area: Annotated[Optional[int], typer.Option(
+        min=0, help="--auto: remove islands and holes smaller than this many pixels (default 0).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
 ) -> None:
-    """Segment the objects given by box and/or point prompts; write masks and an overlay."""
+    """Segment images from box/point prompts, a prompt file, or everything (--auto); write
+    masks (or label maps), overlays and a COCO RLE file."""
+    from samtune.infer.predict_files import predict_paths
     from samtune.infer.predictor import Predictor
-    from samtune.infer.prompted import PromptSet, predict_file
+    from samtune.infer.prompted import parse_flag_prompts, read_prompt_file
     from samtune.models import load_model
 
-    prompts = PromptSet.parse(box or [], point or [])
-    if not image.is_file():
-        raise SamtuneError(f"{image}: no such image file")
-    predictor = Predictor(load_model(model, checkpoint=checkpoint, device=device))
-    written = predict_file(predictor, image, prompts, output, multimask=multimask, opacity=opacity)
-    for path in written:
-        console.print(f"wrote {path}", highlight=False)
+    given = [bool(box or point), prompts is not None, auto]
+    if sum(given) != 1:
+        raise SamtuneError("give exactly one of: --box/--point prompts, --prompts FILE, or --auto")
+    objects = (parse_flag_prompts(box or [], point or []) if (box or point)
+               else read_prompt_file(prompts) if prompts is not None else None)
+    if not inputs.exists():
+        raise SamtuneError(f"{inputs}: no such image file or folder")
+    adapter = load_model(model, checkpoint=checkpoint, device=device)
+    generator = None
+    if auto:
+        from samtune.infer.automatic import AutomaticMaskGenerator
+
+        settings = {k: v for k, v in dict(
+            points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh, crop_n_layers=crop_n_layers,
+            min_mask_region_area=min_mask_region_area).items() if v is not None}
+        generator = AutomaticMaskGenerator(adapter, **settings)
+    result = predict_paths(Predictor(adapter), inputs, output, prompts=objects, generator=generator,
+                           multimask=multimask, as_label_map=label_map, opacity=opacity)
+    console.print(f"{result.images} image(s), {result.objects} object(s) -> {output} "
+                  f"(masks, overlays, {result.coco.name})", highlight=False)
 
 
 @app.command("train")

@@ -32,6 +32,24 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     return to_rgb_uint8(array, path)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of the image :func:`read_image_rgb` would return, from the file header only:
+    checking prompts against a folder of images must not decode them all twice."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return read_image_rgb(path).shape[:2]
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            # EXIF orientations 5-8 rotate by 90 degrees, which read_image_rgb applies
+            rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except FileNotFoundError:
+        raise SamtuneError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise SamtuneError(f"{path}: not a readable image ({e})") from e
+    return (w, h) if rotated else (h, w)
+
+
 def _read_pil(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:

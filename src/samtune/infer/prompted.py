@@ -1,60 +1,160 @@
-"""Prompted prediction on an image file, written out as mask PNGs, an overlay and a JSON summary.
+"""Prompts for ``samtune predict``: from flags, a samtune JSON file or a COCO file, and the
+prompted prediction of one image.
 
-This is what ``samtune predict`` runs; it is a function so scripts and tests call the same code.
+Every source produces, per image, a list of :class:`ObjectPrompt` in original image pixels.
+Objects of one image may mix structures (a box, points, a box with points);
+:func:`predict_objects` decodes each structure group in one batched call.
+
+The samtune prompt file maps image file names (relative to the input folder) to objects::
+
+    {"cells_01.png": [{"box": [5, 5, 40, 30]},
+                      {"points": [[20, 20], [50, 40]], "labels": [1, 0]},
+                      {"box": [30, 20, 79, 59], "points": [[50, 40]], "category_id": 2}]}
+
+A COCO file (anything with ``"annotations"``) gives one box prompt per annotation, matched to
+images by ``file_name``; its category ids go into the output.
 """
 
 from __future__ import annotations
 
+import json
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from samtune.data.images import read_image_rgb
 from samtune.errors import SamtuneError
-from samtune.files import write_json, write_png
 from samtune.infer.predictor import Predictor
-from samtune.infer.visualize import overlay
 
 
 @dataclass
-class PromptSet:
-    """Prompts in original image pixels: boxes (N, 4) xyxy and/or points (P, 2) with labels."""
+class ObjectPrompt:
+    """One object's prompts in original image pixels: a box (4,) xyxy and/or points (P, 2)
+    with labels (P,) (1 object, 0 background)."""
 
-    boxes: np.ndarray | None = None
+    box: np.ndarray | None = None
     points: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    category_id: int | None = None
+    category_name: str | None = None
 
-    @classmethod
-    def parse(cls, boxes: list[str], points: list[str]) -> PromptSet:
-        """From CLI strings ``x0,y0,x1,y1`` and ``x,y[,label]``."""
-        parsed_boxes = [_numbers(b, "--box", (4,)) for b in boxes]
-        parsed_points = [_numbers(p, "--point", (2, 3)) for p in points]
-        for b in parsed_boxes:
-            if b[2] <= b[0] or b[3] <= b[1]:
-                raise SamtuneError(f"--box {_fmt(b)}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
-        for p in parsed_points:
-            if len(p) == 3 and p[2] not in (0, 1):
-                raise SamtuneError(f"--point {_fmt(p)}: the label must be 1 (object) or 0 (background)")
-        if len(parsed_boxes) > 1 and parsed_points:
-            raise SamtuneError("points go with at most one --box (they refine one object); give "
-                               "several boxes alone to segment several objects")
-        if not parsed_boxes and not parsed_points:
-            raise SamtuneError("give at least one prompt: --box x0,y0,x1,y1 or --point x,y[,label]")
-        return cls(
-            np.array(parsed_boxes, dtype=np.float64) if parsed_boxes else None,
-            np.array([p[:2] for p in parsed_points], dtype=np.float64) if parsed_points else None,
-            np.array([int(p[2]) if len(p) == 3 else 1 for p in parsed_points]) if parsed_points else None,
-        )
+    @property
+    def structure(self) -> tuple[bool, int]:
+        return self.box is not None, 0 if self.points is None else len(self.points)
 
-    def check_inside(self, size: tuple[int, int], image_name: str) -> None:
+    def check_inside(self, size: tuple[int, int], where: str) -> None:
+        """Refuse prompts outside the image: SAM would silently segment nonsense."""
         h, w = size
-        for b in [] if self.boxes is None else self.boxes:
-            if b[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h:
-                raise SamtuneError(f"--box {_fmt(b)} is outside {image_name} ({w}x{h})")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                raise SamtuneError(f"{where}: box {_fmt(self.box)} is outside the image ({w}x{h})")
         for p in [] if self.points is None else self.points:
             if not (0 <= p[0] < w and 0 <= p[1] < h):
-                raise SamtuneError(f"--point {_fmt(p)} is outside {image_name} ({w}x{h})")
+                raise SamtuneError(f"{where}: point {_fmt(p)} is outside the image ({w}x{h})")
+
+    def to_json(self) -> dict:
+        out: dict = {}
+        if self.box is not None:
+            out["box"] = [float(v) for v in self.box]
+        if self.points is not None:
+            out["points"] = self.points.tolist()
+            out["labels"] = self.labels.tolist()
+        if self.category_id is not None:
+            out["category_id"] = self.category_id
+        return out
+
+
+def parse_flag_prompts(boxes: Sequence[str], points: Sequence[str]) -> list[ObjectPrompt]:
+    """Objects from CLI strings ``x0,y0,x1,y1`` and ``x,y[,label]``.
+
+    Several boxes are several objects; points refine one object (with at most one box).
+    """
+    parsed_boxes = [_numbers(b, "--box", (4,)) for b in boxes]
+    parsed_points = [_numbers(p, "--point", (2, 3)) for p in points]
+    for p in parsed_points:
+        if len(p) == 3 and p[2] not in (0, 1):
+            raise SamtuneError(f"--point {_fmt(p)}: the label must be 1 (object) or 0 (background)")
+    if len(parsed_boxes) > 1 and parsed_points:
+        raise SamtuneError("points go with at most one --box (they refine one object); give "
+                           "several boxes alone to segment several objects, or use --prompts FILE")
+    if not parsed_points:
+        return [_object(b, None, None, "--box") for b in parsed_boxes]
+    pts = [p[:2] for p in parsed_points]
+    labels = [int(p[2]) if len(p) == 3 else 1 for p in parsed_points]
+    return [_object(parsed_boxes[0] if parsed_boxes else None, pts, labels, "--box")]
+
+
+def read_prompt_file(path: Path) -> dict[str, list[ObjectPrompt]]:
+    """Image file name -> its objects, from a samtune prompt JSON or a COCO file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SamtuneError(f"{path}: no such prompt file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SamtuneError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "annotations" in data:
+        return _coco_prompts(data, path)
+    if not isinstance(data, dict):
+        raise SamtuneError(f"{path}: expected an object mapping image file names to lists of "
+                           "prompts, or a COCO file with 'images' and 'annotations'")
+    out = {}
+    for name, objects in data.items():
+        if not isinstance(objects, list):
+            raise SamtuneError(f"{path}: {name!r}: expected a list of objects like "
+                               '{"box": [x0, y0, x1, y1]} or {"points": [[x, y]], "labels": [1]}')
+        out[name] = [_json_object(o, f"{path}: {name!r} object {i}") for i, o in enumerate(objects)]
+    return out
+
+
+def _coco_prompts(data: dict, path: Path) -> dict[str, list[ObjectPrompt]]:
+    names = {img["id"]: img["file_name"] for img in data.get("images", [])}
+    categories = {c["id"]: c.get("name") for c in data.get("categories", []) if "id" in c}
+    out: dict[str, list[ObjectPrompt]] = {name: [] for name in names.values()}
+    for ann in data["annotations"]:
+        where = f"{path}: annotation {ann.get('id', '?')}"
+        if ann.get("image_id") not in names:
+            raise SamtuneError(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise SamtuneError(f"{where}: needs a 'bbox' [x, y, width, height] to prompt with")
+        x, y, w, h = (float(v) for v in bbox)
+        obj = _object([x, y, x + w, y + h], None, None, where)
+        obj.category_id = ann.get("category_id")
+        obj.category_name = categories.get(obj.category_id)
+        out[names[ann["image_id"]]].append(obj)
+    return out
+
+
+def _json_object(obj, where: str) -> ObjectPrompt:
+    if not isinstance(obj, dict) or not ({"box", "points"} & obj.keys()):
+        raise SamtuneError(f"{where}: expected {{\"box\": [x0, y0, x1, y1]}} and/or "
+                           '{"points": [[x, y], ...], "labels": [1, ...]}')
+    points, labels = obj.get("points"), obj.get("labels")
+    if points is not None:
+        if not (isinstance(points, list) and points and all(
+                isinstance(p, list) and len(p) == 2 for p in points)):
+            raise SamtuneError(f"{where}: 'points' must be a non-empty list of [x, y]")
+        labels = [1] * len(points) if labels is None else labels
+        if not isinstance(labels, list) or len(labels) != len(points) or any(v not in (0, 1) for v in labels):
+            raise SamtuneError(f"{where}: 'labels' must be one 1 (object) or 0 (background) per point")
+    box = obj.get("box")
+    if box is not None and not (isinstance(box, list) and len(box) == 4):
+        raise SamtuneError(f"{where}: 'box' must be [x0, y0, x1, y1]")
+    made = _object(box, points, labels, where)
+    made.category_id = obj.get("category_id")
+    return made
+
+
+def _object(box, points, labels, where: str) -> ObjectPrompt:
+    b = None if box is None else np.asarray(box, dtype=np.float64)
+    if b is not None and (b[2] <= b[0] or b[3] <= b[1]):
+        raise SamtuneError(f"{where} {_fmt(b)}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+    p = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    return ObjectPrompt(b, p, lab)
 
 
 def _numbers(text: str, flag: str, lengths: tuple[int, ...]) -> list[float]:
@@ -72,56 +172,29 @@ def _fmt(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
-def predict_file(
-    predictor: Predictor,
-    image_path: str | Path,
-    prompts: PromptSet,
-    output_dir: str | Path,
-    multimask: bool = False,
-    opacity: float = 0.5,
-) -> list[Path]:
-    """Segment the prompted objects of one image; returns the files written.
+def predict_objects(
+    predictor: Predictor, objects: Sequence[ObjectPrompt], multimask: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the prompted objects on the predictor's current image.
 
-    Writes ``<stem>_mask_<i>.png`` per object (with ``multimask``, the best-scoring of the
-    three, plus ``<stem>_mask_<i>_<k>.png`` for every candidate), ``<stem>_overlay.png`` and
-    ``<stem>_masks.json`` (prompts, scores, mask areas).
+    Returns (N, K, H, W) bool masks and (N, K) scores, K = 3 with ``multimask`` else 1, in the
+    order of ``objects``. Objects with the same structure go through the decoder together.
     """
-    image_path = Path(image_path)
-    image = read_image_rgb(image_path)
-    prompts.check_inside(image.shape[:2], image_path.name)
-    predictor.set_image(image)
-    masks, scores, _ = predictor.predict(
-        point_coords=None if prompts.points is None else prompts.points[None],
-        point_labels=None if prompts.point_labels is None else prompts.point_labels[None],
-        box=prompts.boxes,
-        multimask_output=multimask,
-    )
-    best = scores.argmax(axis=1)
-    chosen = masks[np.arange(len(masks)), best]
-    out = Path(output_dir)
-    stem = image_path.stem
-    written = []
-    for i, mask in enumerate(chosen):
-        written.append(write_png(out / f"{stem}_mask_{i}.png", mask))
-        if multimask:
-            written += [write_png(out / f"{stem}_mask_{i}_{k}.png", m) for k, m in enumerate(masks[i])]
-    picture = overlay(image, chosen, opacity, boxes=prompts.boxes, points=prompts.points,
-                      point_labels=prompts.point_labels)
-    written.append(write_png(out / f"{stem}_overlay.png", picture))
-    summary = {
-        "image": str(image_path),
-        "model": predictor.model.spec.name,
-        "objects": [
-            {
-                "mask": f"{stem}_mask_{i}.png",
-                "box": None if prompts.boxes is None else prompts.boxes[min(i, len(prompts.boxes) - 1)].tolist(),
-                "points": None if prompts.points is None else prompts.points.tolist(),
-                "point_labels": None if prompts.point_labels is None else prompts.point_labels.tolist(),
-                "scores": scores[i].round(4).tolist(),
-                "area": int(chosen[i].sum()),
-            }
-            for i in range(len(chosen))
-        ],
-    }
-    written.append(write_json(out / f"{stem}_masks.json", summary))
-    return written
+    groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
+    for i, obj in enumerate(objects):
+        groups[obj.structure].append(i)
+    h, w = predictor.original_size
+    k = 3 if multimask else 1
+    masks = np.zeros((len(objects), k, h, w), dtype=bool)
+    scores = np.zeros((len(objects), k), dtype=np.float32)
+    for (has_box, n_points), index in groups.items():
+        group = [objects[i] for i in index]
+        m, s, _ = predictor.predict(
+            point_coords=np.stack([o.points for o in group]) if n_points else None,
+            point_labels=np.stack([o.labels for o in group]) if n_points else None,
+            box=np.stack([o.box for o in group]) if has_box else None,
+            multimask_output=multimask,
+        )
+        m, s = m.reshape(len(group), k, h, w), s.reshape(len(group), k)
+        masks[index], scores[index] = m, s
+    return masks, scores

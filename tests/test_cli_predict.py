@@ -1,0 +1,168 @@
+"""``samtune predict``: prompts from flags, files and --auto; masks, label maps, overlays and a
+COCO file that pycocotools reads back."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from typer.testing import CliRunner
+
+from samtune.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "cells.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def coco_masks(path):
+    data = json.loads(path.read_text())
+    return data, [mask_utils.decode(a["segmentation"]).astype(bool) for a in data["annotations"]]
+
+
+def test_boxes_write_masks_overlay_and_coco(image_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(image_file), "--model", "sam_tiny",
+                                 "--box", "5,5,40,30", "--box", "30,20,79,59", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cells_mask_0.png", "cells_mask_1.png", "cells_overlay.png", "predictions.json"]
+    mask = np.asarray(Image.open(out / "cells_mask_0.png"))
+    assert mask.shape == (60, 80) and set(np.unique(mask)) <= {0, 255}
+    data, decoded = coco_masks(out / "predictions.json")
+    assert data["images"] == [{"id": 1, "file_name": "cells.png", "height": 60, "width": 80}]
+    assert [a["prompt"]["box"] for a in data["annotations"]] == [[5, 5, 40, 30], [30, 20, 79, 59]]
+    np.testing.assert_array_equal(decoded[0], mask > 0)
+    assert data["annotations"][0]["area"] == int((mask > 0).sum())
+    assert np.asarray(Image.open(out / "cells_overlay.png")).shape == (60, 80, 3)
+
+
+def test_points_and_multimask(image_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(image_file), "--model", "sam2_tiny", "--point", "20,20",
+                                 "--point", "50,40,0", "--multimask", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} >= {f"cells_mask_0_{k}.png" for k in range(3)}
+    data, _ = coco_masks(out / "predictions.json")
+    assert data["annotations"][0]["prompt"]["labels"] == [1, 0]
+
+
+def test_folder_with_prompt_file_and_label_map(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "sub/b.jpg", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / name)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({
+        "a.png": [{"box": [2, 2, 30, 30]}, {"points": [[40, 20], [10, 10]], "labels": [1, 0]},
+                  {"box": [20, 10, 60, 40], "points": [[40, 25]], "category_id": 3}],
+        "sub/b.jpg": [{"box": [0, 0, 64, 48]}],
+    }))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder), "--model", "mobile_sam_tiny", "--prompts",
+                                 str(prompts), "--label-map", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 image(s), 4 object(s)" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_labels.png", "a_overlay.png", "predictions.json", "sub__b_labels.png", "sub__b_overlay.png"]
+    labels = np.asarray(Image.open(out / "a_labels.png"))
+    assert labels.shape == (48, 64) and set(np.unique(labels)) <= {0, 1, 2, 3}
+    data, decoded = coco_masks(out / "predictions.json")
+    assert [a["category_id"] for a in data["annotations"]] == [1, 1, 3, 1]
+    assert {c["id"] for c in data["categories"]} == {1, 3}
+    # the label map holds each mask wherever no smaller mask covers it
+    for i, mask in enumerate(decoded[:3]):
+        assert (labels[mask] == i + 1).mean() > 0 or mask.sum() == 0 or (labels[mask] > 0).all()
+
+
+def test_coco_file_gives_box_prompts(tmp_path):
+    from samtune.data.synthetic import make_scenes, write_coco
+
+    ann = write_coco(tmp_path / "coco", make_scenes(2, size=(40, 56), n_objects=(2, 2)))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(ann.parent), "--model", "sam_tiny", "--prompts",
+                                 str(ann), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    data, decoded = coco_masks(out / "predictions.json")
+    source = json.loads(ann.read_text())
+    assert len(data["annotations"]) == len(source["annotations"]) == 4
+    assert all(m.shape == (40, 56) for m in decoded)
+
+
+def test_auto_writes_decodable_coco_rle(image_file, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(image_file), "--model", "sam_tiny", "--auto",
+                                 "--points-per-side", "4", "--pred-iou-thresh", "0",
+                                 "--stability-score-thresh", "0", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    data, decoded = coco_masks(out / "predictions.json")
+    assert data["annotations"], "the generator kept no mask at zero thresholds"
+    for ann, mask in zip(data["annotations"], decoded):
+        assert mask.shape == (60, 80) and ann["area"] == int(mask.sum())
+        assert {"predicted_iou", "stability_score", "point_coords", "crop_box", "score"} <= ann.keys()
+    assert (out / "cells_overlay.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "sam_tiny", "--box", "5,5,200,30"], "cells.png object 0: box 5,5,200,30 is outside the image (80x60)"),
+        (["--model", "sam_tiny", "--box", "5,5,3"], "expected 4 comma-separated numbers"),
+        (["--model", "sam_tiny", "--box", "40,5,3,30"], "x1 > x0"),
+        (["--model", "sam_tiny", "--point", "10,10,7"], "the label must be 1"),
+        (["--model", "sam_tiny"], "give exactly one of"),
+        (["--model", "sam_tiny", "--auto", "--box", "1,1,5,5"], "give exactly one of"),
+        (["--model", "sam_vitb", "--box", "1,1,5,5"], "unknown model 'sam_vitb'. Did you mean"),
+        (["--model", "sam_tiny", "--box", "1,1,5,5", "--checkpoint", "nope.pth"], "nope.pth: no such checkpoint file"),
+        (["--model", "sam_tiny", "--prompts", "nope.json"], "nope.json: no such prompt file"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(image_file, args, message):
+    result = runner.invoke(app, ["predict", str(image_file), *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_bad_prompt_files(image_file, tmp_path):
+    cases = {
+        "notjson.json": ("{", "not valid JSON"),
+        "wrong.json": (json.dumps({"cells.png": [{"box": [1, 2, 3]}]}), "'box' must be [x0, y0, x1, y1]"),
+        "labels.json": (json.dumps({"cells.png": [{"points": [[1, 2]], "labels": [5]}]}), "'labels' must be"),
+        "other.json": (json.dumps({"dog.png": [{"box": [1, 2, 3, 4]}]}), "names 'dog.png', which is not an image"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        result = runner.invoke(app, ["predict", str(image_file), "--model", "sam_tiny", "--prompts", str(path),
+                                     "--output", str(tmp_path / "out")])
+        assert result.exit_code == 1, (name, result.output)
+        assert message in " ".join(result.output.split()), (name, result.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_prompt_on_a_later_image_writes_nothing(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(folder / name)
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"a.png": [{"box": [1, 1, 9, 9]}], "b.png": [{"box": [1, 1, 40, 9]}]}))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder), "--model", "sam_tiny", "--prompts", str(prompts),
+                                 "--output", str(out)])
+    assert result.exit_code == 1 and "b.png object 0: box 1,1,40,9 is outside the image (30x20)" in result.output
+    assert not out.exists()
+
+
+def test_missing_input(tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path / "none.png"), "--model", "sam_tiny", "--box", "1,1,5,5"])
+    assert result.exit_code == 1 and "none.png: no such image file or folder" in result.output
