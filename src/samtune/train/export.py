@@ -120,7 +120,8 @@ def restore_module(state: dict, source: Path, config: RunConfig | None = None) -
     base weights are not read (the checkpoint holds every tensor)."""
     if config is None:
         config = validate(RunConfig, state["hyper_parameters"]["config"], str(source))
-    module = FineTuneModule(config, adapter=build_adapter(get_spec(config.model.name)))
+    module = FineTuneModule(official_forwards(config),
+                            adapter=build_adapter(get_spec(config.model.name)))
     expected = module.state_dict()
     sd = state["state_dict"]
     missing = [k for k in expected if k not in sd]
@@ -132,6 +133,14 @@ def restore_module(state: dict, source: Path, config: RunConfig | None = None) -
             f"{len(unexpected)} unexpected ({', '.join((missing + unexpected)[:3])})")
     module.load_state_dict(sd, strict=True)
     return module.eval()
+
+
+def official_forwards(config: RunConfig) -> RunConfig:
+    """``config`` with the training speed options (fused attention, gradient checkpointing,
+    compile) off: they swap forwards, never tensors, and a restored model must run the
+    official code, as the official predictors will."""
+    fast = {"fused_attention": False, "gradient_checkpointing": False, "compile": False}
+    return config.model_copy(update={"train": config.train.model_copy(update=fast)})
 
 
 def restore_adapter(state: dict, source: Path, expect: str | None = None) -> Adapter:
