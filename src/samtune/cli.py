@@ -195,6 +195,27 @@ def data_check_command(
         raise typer.Exit(1)
 
 
+@app.command("export")
+@user_errors
+def export_command(
+    run: Annotated[Path, typer.Argument(help="Run folder (runs/<name>).")],
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="best, last, or a .ckpt file. Default: best, else last (a run without validation).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Output folder. Default: RUN/export.")] = None,
+) -> None:
+    """Write the fine-tuned model as model.pth (official format, LoRA merged: loads in the
+    official builders), trained.safetensors (only the trained tensors, for load_model(...,
+    delta=)) and manifest.json."""
+    from samtune.train.export import export_run
+
+    result = export_run(run, checkpoint=checkpoint, output=output)
+    console.print(f"exported {result.checkpoint} (step {result.step}) -> {result.output}", highlight=False)
+    console.print(f"  {result.model.name}: whole model, official format", highlight=False)
+    console.print(f"  {result.delta.name}: {result.delta_tensors} trained tensors "
+                  f"({result.delta_numel / 1e6:.2f}M values)", highlight=False)
+    console.print(f"  {result.manifest.name}: base, checksum, config, metrics", highlight=False)
+
+
 @app.command("demo")
 @user_errors
 def demo_command(
