@@ -43,6 +43,7 @@ from samtune.data.prompts import PAD_LABEL, _inner_distance
 from samtune.data.sample import Sample
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
+from samtune.infer.rle import coco_results, encode_coco_rles
 from samtune.infer.report import PanelCase, console_table, warning_line, worse_than_base, write_report
 from samtune.models.adapter import Adapter
 from samtune.train.metrics import METRIC_NAMES, Counts, confusion_counts, mask_metrics
@@ -152,13 +153,8 @@ def best_matches(truth: np.ndarray, generated: np.ndarray) -> np.ndarray:
     an empty mask when nothing was generated."""
     if len(generated) == 0 or len(truth) == 0:
         return np.zeros_like(truth)
-    iou = mask_utils.iou(encode(generated), encode(truth), [0] * len(truth))  # (M, N)
+    iou = mask_utils.iou(encode_coco_rles(generated), encode_coco_rles(truth), [0] * len(truth))  # (M, N)
     return generated[np.asarray(iou).argmax(axis=0)]
-
-
-def encode(masks: np.ndarray) -> list[dict]:
-    """COCO RLEs of (N, H, W) bool masks."""
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
 
 
 # --- records --------------------------------------------------------------------------------
@@ -219,7 +215,7 @@ class GroundTruth:
     def add(self, image_id: int, truth: np.ndarray, categories: Sequence[int]) -> None:
         h, w = truth.shape[1:]
         self.images.append({"id": image_id, "height": h, "width": w})
-        for rle, category in zip(encode(truth), categories):
+        for rle, category in zip(encode_coco_rles(truth), categories):
             category = category if category >= 0 else 1  # data without categories: one
             self.categories.add(category)
             self.annotations.append({
@@ -294,9 +290,7 @@ def run_automatic(generator, image: np.ndarray, image_id: int) -> tuple[np.ndarr
     records = generator.generate(image)
     masks = np.stack([r["segmentation"] for r in records]).astype(bool) if records else \
         np.zeros((0, *image.shape[:2]), dtype=bool)
-    dets = [{"image_id": image_id, "category_id": 1, "segmentation": rle,
-             "score": float(r["predicted_iou"])} for rle, r in zip(encode(masks), records)]
-    return masks, dets
+    return masks, coco_results(records, image_id)
 
 
 # --- aggregation ----------------------------------------------------------------------------
@@ -476,3 +470,114 @@ def category_names(dataset: Sequence[Sample]) -> dict[int, str]:
     for source in [*getattr(dataset, "sources", []), dataset]:
         names.update(getattr(source, "categories", None) or {})
     return names
+
+
+# --- what to evaluate: the models and the data ----------------------------------------------
+
+
+@dataclass
+class EvalModels:
+    """The fine-tuned model and its base, how the report names them, and the run they come
+    from (None for a bare checkpoint file)."""
+
+    tuned: Adapter
+    base: Adapter
+    tuned_label: str
+    base_label: str
+    run_dir: Path | None = None
+    run_config: Any = None
+
+
+def resolve_models(model: str | Path, base: str | None = None,
+                   base_checkpoint: str | Path | None = None,
+                   device: str = "cpu") -> EvalModels:
+    """The models ``samtune eval`` compares.
+
+    ``model``: a run folder (its export, else best, else last checkpoint) or a checkpoint
+    file. The base: ``base`` (a model name, with ``base_checkpoint`` as its weights; without
+    one a tiny model keeps its random init) when given; else the run's own base (its name,
+    base checkpoint and, for a random-init base, the same init); else, for a samtune training
+    checkpoint, the base its embedded config names; else the identified model's official
+    weights when they are in the cache. Otherwise a SamtuneError asks for ``--base``.
+    """
+    from samtune.models import load_model
+    from samtune.models.registry import UnknownModelError, get_spec
+
+    if base_checkpoint is not None and base is None:
+        raise SamtuneError("--base-checkpoint goes with --base NAME (the base model's name)")
+    try:
+        get_spec(str(model))
+    except UnknownModelError:
+        pass
+    else:
+        raise SamtuneError(f"{model} is a model name; --model takes a fine-tuned run folder or "
+                           "checkpoint file (compare a file with any base via --base NAME)")
+    path = Path(model)
+    tuned = load_model(path, device=device)
+    run_config = _run_config(path)
+    if base is not None:
+        base_adapter = load_model(base, checkpoint=base_checkpoint, device=device)
+        return EvalModels(tuned, base_adapter, str(model), _label(base, base_checkpoint, None),
+                          path if path.is_dir() else None, run_config)
+    if run_config is not None:
+        from samtune.train.export import base_model
+
+        m = run_config.model
+        return EvalModels(tuned, base_model(run_config, device), str(model),
+                          _label(m.name, m.checkpoint, run_config.seed),
+                          path if path.is_dir() else None, run_config)
+    from samtune.models.checkpoints import cached_checkpoint
+
+    spec = tuned.spec
+    if cached_checkpoint(spec) is None:
+        raise SamtuneError(
+            f"{model}: not a run folder, so the base model is unknown and the official "
+            f"{spec.name} weights are not in the cache; pass --base {spec.name} "
+            "--base-checkpoint FILE (the weights fine-tuning started from)")
+    return EvalModels(tuned, load_model(spec.name, checkpoint="auto", device=device), str(model),
+                      _label(spec.name, "auto", None))
+
+
+def _run_config(path: Path):
+    """The run config behind a run folder or a samtune training checkpoint, else None."""
+    if path.is_dir():
+        from samtune.train.export import run_config_of
+
+        return run_config_of(path)
+    if path.suffix == ".ckpt":
+        from samtune.config.loading import validate
+        from samtune.config.train import RunConfig
+        from samtune.train.export import read_training_checkpoint
+
+        state = read_training_checkpoint(path)
+        if state is not None:
+            return validate(RunConfig, state["hyper_parameters"]["config"], str(path))
+    return None
+
+
+def _label(name: str, checkpoint: str | Path | None, seed: int | None) -> str:
+    if checkpoint is not None:
+        return f"{name} ({'official weights' if str(checkpoint) == 'auto' else checkpoint})"
+    return f"{name} (random init{'' if seed is None else f', seed {seed}'})"
+
+
+def resolve_data(data: str | Path | None, split: str | None, run_config: Any = None
+                 ) -> tuple[Sequence[Sample], str, str]:
+    """(dataset, description, split) to evaluate on: ``data`` (folder, COCO or LabPics) at
+    ``split`` (default: its test split, else val, else all of an unsplit dataset), or without
+    ``data`` the run's validation data."""
+    from samtune.data.detect import detect_layout, open_source
+
+    if data is None:
+        if run_config is None:
+            raise SamtuneError("--data DATASET is needed: the model is not a run folder, so "
+                               "there is no validation data to default to")
+        from samtune.data.mixing import open_dataset
+
+        paths = ", ".join(str(c.path) for c in (run_config.data.val or run_config.data.train))
+        return open_dataset(run_config.data, "val"), f"validation data of the run ({paths})", "val"
+    if split is None:
+        parts = detect_layout(data).parts
+        split = next((s for s in ("test", "val") if s in parts), "all" if "all" in parts
+                     else next(iter(parts)))
+    return open_source(data, split=split), str(data), split
