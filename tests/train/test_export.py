@@ -143,9 +143,10 @@ def test_export_loads_in_official_code_and_predicts_the_same(runs, key, tmp_path
     assert rebuilt.keys() == state.keys()
     for k in state:
         assert torch.equal(rebuilt[k], state[k]), k
-    # and the run folder now loads from its export
-    again = load_model(run).model.state_dict()
-    assert all(torch.equal(again[k], state[k]) for k in state)
+    # and the run folder now loads from its export, as does the export folder itself
+    for source in (run, result.output):
+        again = load_model(source).model.state_dict()
+        assert all(torch.equal(again[k], state[k]) for k in state)
 
     # base: the run's start; untrained tensors equal, checksum as recorded
     manifest = json.loads(result.manifest.read_text())

@@ -200,7 +200,7 @@ def read_delta(path: Path) -> Delta:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     if meta.get("format") != DELTA_FORMAT:
@@ -306,7 +306,7 @@ def identify(sd: dict[str, torch.Tensor]) -> ModelSpec | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a registered model (built only when a file fails to match)."""
     module = build_without_weights(get_spec(name))

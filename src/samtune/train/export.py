@@ -19,6 +19,7 @@ and reads the trained tensors off it, so the delta's names are the training name
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ from samtune.config.train import RunConfig
 from samtune.errors import CheckpointError, SamtuneError
 from samtune.files import atomic_path, write_json
 from samtune.models.adapter import Adapter
-from samtune.models.lora import merge_lora
 from samtune.models.load import (
     Delta,
     base_checksum,
@@ -40,6 +40,7 @@ from samtune.models.load import (
     load_base_model,
     load_model,
 )
+from samtune.models.lora import merge_lora
 from samtune.models.registry import get_spec
 from samtune.train.module import GROUPS, FineTuneModule
 from samtune.train.run import load_run_config
@@ -156,8 +157,13 @@ def restore_adapter(state: dict, source: Path, expect: str | None = None) -> Ada
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Adapter:
     """A run's fine-tuned model: ``export/model.pth`` when present, else the best
-    checkpoint, else the last one (what ``load_model(run_dir)`` returns)."""
+    checkpoint, else the last one (what ``load_model(run_dir)`` returns). An export folder
+    itself (``manifest.json`` beside ``model.pth``) loads its ``model.pth``."""
     run_dir = Path(run_dir)
+    manifest = run_dir / MANIFEST_FILE
+    if not (run_dir / "config.yaml").is_file() and manifest.is_file():
+        name = json.loads(manifest.read_text(encoding="utf-8")).get("model")
+        return load_model(name, checkpoint=run_dir / MODEL_FILE, device=device)
     config = run_config_of(run_dir)
     exported = run_dir / "export" / MODEL_FILE
     if exported.is_file():
