@@ -253,3 +253,19 @@ def test_cli_export_and_errors(runs, tmp_path):
     assert result.exit_code == 1 and "no such checkpoint" in result.output
     with pytest.raises(SamtuneError, match="no checkpoints yet"):
         load_model(empty)
+
+
+def test_checkpoint_choice(tmp_path):
+    """Default best, else last (a run without validation data keeps no best.ckpt)."""
+    from samtune.train.export import resolve_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"")
+    assert resolve_checkpoint(tmp_path) == ckpts / "last.ckpt"
+    assert resolve_checkpoint(tmp_path, "last.ckpt") == ckpts / "last.ckpt"
+    with pytest.raises(SamtuneError, match="no checkpoints/best.ckpt; the run had no validation data"):
+        resolve_checkpoint(tmp_path, "best")
+    (ckpts / "step=4-val_iou=0.5000.ckpt").write_bytes(b"")
+    (ckpts / "best.ckpt").symlink_to("step=4-val_iou=0.5000.ckpt")
+    assert resolve_checkpoint(tmp_path) == ckpts / "best.ckpt"
