@@ -5,4 +5,14 @@ from samtune.models import get_spec, list_models, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["SamtuneError", "get_spec", "list_models", "load_model", "__version__"]
+__all__ = ["AutomaticMaskGenerator", "SamtuneError", "get_spec", "list_models", "load_model",
+           "__version__"]
+
+
+def __getattr__(name: str):
+    # imported on first use: it pulls in torchvision, OpenCV and pycocotools (seconds)
+    if name == "AutomaticMaskGenerator":
+        from samtune.infer.automatic import AutomaticMaskGenerator
+
+        return AutomaticMaskGenerator
+    raise AttributeError(f"module 'samtune' has no attribute {name!r}")

@@ -1,0 +1,377 @@
+"""``AutomaticMaskGenerator``: "segment everything" for any samtune model.
+
+The same records as ``segment_anything.SamAutomaticMaskGenerator`` (SAM, MedSAM, MobileSAM's
+copy of it) and ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``, from the same
+parameters, through the :class:`~samtune.models.adapter.Adapter` interface only. What differs
+is where the work happens:
+
+- each crop is encoded once; its grid points go through the decoder ``points_per_batch`` at a
+  time (one call per batch, and one more for SAM 2's ``use_m2m`` refinement);
+- the predicted-IoU and stability filters, mask boxes, the crop-edge filter and both NMS
+  passes run on the model's device; the surviving candidates keep only their low-res logits,
+  so memory does not grow with the image size;
+- masks are upsampled to full size, moved to the host and RLE-encoded only for the masks
+  that are kept in the end.
+
+The two official generators differ in two places, and so does this one, by model family:
+SAM 2's default ``pred_iou_thresh`` is 0.8 (SAM's 0.88), and SAM 2 applies
+``min_mask_region_area`` to the low-res logits of every candidate (holes and sprinkles, as its
+image predictor's ``max_hole_area``/``max_sprinkle_area``) where SAM cleans holes and islands
+in the final masks and runs box NMS again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from samtune.infer.mask_ops import (
+    crop_boxes,
+    fill_holes_and_sprinkles,
+    layer_point_grids,
+    mask_boxes,
+    near_crop_edge,
+    remove_small_regions,
+    stability_scores,
+    xyxy_to_xywh,
+)
+from samtune.infer.rle import encode_coco_rles, masks_to_uncompressed_rles
+from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+#: the official generators' ``pred_iou_thresh`` default, by model family
+DEFAULT_PRED_IOU_THRESH = {"sam": 0.88, "mobile_sam": 0.88, "sam2": 0.8}
+
+#: settings of the reference projects, as keyword arguments of :class:`AutomaticMaskGenerator`
+PRESETS: dict[str, dict[str, Any]] = {
+    # R0 (SAM 2 on LabPics), seg_all.py: denser recall with crops and the m2m refinement
+    "R0": dict(points_per_side=32, points_per_batch=128, pred_iou_thresh=0.7,
+               stability_score_thresh=0.92, stability_score_offset=0.7, crop_n_layers=1,
+               box_nms_thresh=0.7, crop_n_points_downscale_factor=2, min_mask_region_area=25,
+               use_m2m=True),
+    # R4 (finestSAM): SAM's defaults plus removal of regions under 300 pixels
+    "R4": dict(points_per_side=32, pred_iou_thresh=0.88, stability_score_thresh=0.95,
+               stability_score_offset=1.0, box_nms_thresh=0.7, min_mask_region_area=300),
+}
+
+
+@dataclass
+class _Candidates:
+    """Masks that passed the per-batch filters, on the model's device.
+
+    ``low_res`` (N, h, w) are the decoder's logits (after SAM 2's low-res clean-up);
+    ``boxes`` are XYXY in the full image; ``point`` indexes the crop's point grid.
+    """
+
+    low_res: torch.Tensor
+    iou: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    point: torch.Tensor
+    crop: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> _Candidates:
+        return _Candidates(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def __len__(self) -> int:
+        return self.iou.shape[0]
+
+    @classmethod
+    def cat(cls, items: Sequence[_Candidates]) -> _Candidates:
+        return cls(*(torch.cat([getattr(c, f.name) for c in items]) for f in fields(cls)))
+
+
+@dataclass
+class _Crop:
+    """One crop of the image: its XYXY box, grid points (crop pixels) and model input size."""
+
+    box: list[int]
+    points: np.ndarray
+    input_size: tuple[int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        x0, y0, x1, y1 = self.box
+        return y1 - y0, x1 - x0
+
+
+class AutomaticMaskGenerator:
+    """Masks for everything in an image, from a grid of single-point prompts.
+
+    Arguments (the official generators' names and defaults):
+      model: a samtune model (:func:`samtune.load_model`), any family.
+      points_per_side: grid points along each side (``points_per_side**2`` in all); None when
+        ``point_grids`` is given.
+      points_per_batch: points decoded together (times 3 masks with ``multimask_output``).
+      pred_iou_thresh: keep masks whose predicted IoU is above it; None = the family's
+        official default (0.88 SAM/MobileSAM, 0.8 SAM 2). 0 disables the filter.
+      stability_score_thresh: keep masks whose stability score (IoU of the mask at
+        ``mask_threshold +- stability_score_offset``) is at least this. 0 disables it.
+      stability_score_offset: the logit shift for the stability score.
+      mask_threshold: logits above it are foreground (0.0).
+      box_nms_thresh: box IoU above which the lower-scored of two masks of a crop is dropped.
+      crop_n_layers: also run on ``(2^i)^2`` crops for i = 1..n (0: the whole image only).
+      crop_nms_thresh: box IoU for removing duplicates between crops (smaller crops win).
+      crop_overlap_ratio: overlap of neighbouring crops, as a fraction of the short side.
+      crop_n_points_downscale_factor: layer i uses ``points_per_side / factor**i`` points.
+      point_grids: explicit (P, 2) grids in [0, 1], one per crop layer.
+      min_mask_region_area: remove holes and islands (SAM 2: holes and sprinkles in the
+        low-res logits) smaller than this many pixels; 0 disables it.
+      output_mode: ``"binary_mask"`` (HxW bool arrays), ``"uncompressed_rle"`` or
+        ``"coco_rle"`` (pycocotools RLE with ``str`` counts).
+      use_m2m: refine every mask once, feeding its low-res logits back with its point (SAM 2's
+        option; works for every family).
+      multimask_output: three masks per point (True) or one.
+
+    Reference settings: :data:`PRESETS` holds R0's (SAM 2 LabPics: 32 points, batch 128,
+    IoU 0.7, stability 0.92 at offset 0.7, one crop layer with half the points, min area 25,
+    m2m) and R4's (finestSAM: SAM's defaults with min area 300), e.g.
+    ``AutomaticMaskGenerator(model, **PRESETS["R0"])``.
+    """
+
+    def __init__(
+        self,
+        model: Adapter,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Sequence[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+    ) -> None:
+        if not isinstance(model, Adapter):
+            raise TypeError(f"model must be a samtune model (samtune.load_model), got {type(model).__name__}")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
+        _check_int("points_per_batch", points_per_batch, 1)
+        _check_int("crop_n_layers", crop_n_layers, 0)
+        _check_int("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
+        if min_mask_region_area < 0:
+            raise ValueError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
+        if stability_score_offset < 0:
+            raise ValueError(f"stability_score_offset must be >= 0, got {stability_score_offset}")
+        for name, value in (("box_nms_thresh", box_nms_thresh), ("crop_nms_thresh", crop_nms_thresh),
+                            ("crop_overlap_ratio", crop_overlap_ratio)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {value}")
+        self.model = model
+        self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers,
+                                        crop_n_points_downscale_factor)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = (DEFAULT_PRED_IOU_THRESH.get(model.family, 0.88)
+                                if pred_iou_thresh is None else float(pred_iou_thresh))
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.mask_threshold = mask_threshold
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.use_m2m = use_m2m
+        self.multimask_output = multimask_output
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Mask records for an HxWx3 uint8 RGB image, best first within each crop.
+
+        Each record: ``segmentation`` (per ``output_mode``), ``area`` (pixels), ``bbox``
+        (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]] the prompt, image pixels),
+        ``stability_score`` and ``crop_box`` (XYWH), as the official generators.
+        """
+        check_rgb_uint8(image)
+        h, w = image.shape[:2]
+        crops, found = [], []
+        for index, (box, layer) in enumerate(crop_boxes((h, w), self.crop_n_layers,
+                                                        self.crop_overlap_ratio)):
+            crop, candidates = self._process_crop(image, box, layer, index)
+            crops.append(crop)
+            found.append(candidates)
+        kept = _Candidates.cat(found)
+        if len(crops) > 1 and len(kept):
+            areas = torch.tensor([(c.box[2] - c.box[0]) * (c.box[3] - c.box[1]) for c in crops],
+                                 device=kept.crop.device)
+            scores = 1 / areas[kept.crop]  # prefer masks from smaller crops
+            kept = kept.select(batched_nms(kept.boxes.float(), scores,
+                                           torch.zeros_like(scores), self.crop_nms_thresh))
+        masks = self._full_masks(kept, crops, (h, w))
+        if self.min_mask_region_area > 0 and self.model.family != "sam2":
+            masks, kept = self._remove_small_regions(masks, kept)
+        return self._records(masks, kept, crops)
+
+    # --- per crop ---------------------------------------------------------------------------
+    def _process_crop(self, image: np.ndarray, box: list[int], layer: int, index: int):
+        x0, y0, x1, y1 = box
+        pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
+        batch = self.model.preprocess([pixels])
+        features = self.model.encode(batch.images)
+        size = batch.original_sizes[0]
+        crop = _Crop(box, self.point_grids[layer] * np.array([[size[1], size[0]]]),
+                     batch.input_sizes[0])
+        coords = self.model.transform_coords(crop.points, size).to(self.model.device)
+        found = [self._process_batch(features, coords, start, crop, index, image.shape[:2])
+                 for start in range(0, len(coords), self.points_per_batch)]
+        candidates = _Candidates.cat(found)
+        keep = batched_nms(candidates.boxes.float(), candidates.iou,
+                           torch.zeros_like(candidates.iou), self.box_nms_thresh)
+        return crop, candidates.select(keep)
+
+    def _process_batch(
+        self, features: Features, coords: torch.Tensor, start: int, crop: _Crop, index: int,
+        image_size: tuple[int, int],
+    ) -> _Candidates:
+        """Decode points ``start : start + points_per_batch`` of a crop in one call, filter."""
+        device = coords.device
+        points = coords[start : start + self.points_per_batch, None, :]
+        n = points.shape[0]
+        labels = torch.ones(n, 1, dtype=torch.int, device=device)
+        low_res, iou = self.model.decode(
+            features, Prompts(torch.zeros(n, dtype=torch.long, device=device), points, labels),
+            self.multimask_output)
+        k = low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        point = torch.arange(start, start + n, device=device).repeat_interleave(k)
+        if self.use_m2m:
+            low_res, iou = self._refine(features, points.repeat_interleave(k, dim=0), low_res)
+        if self.pred_iou_thresh > 0.0:
+            keep = iou > self.pred_iou_thresh
+            low_res, iou, point = low_res[keep], iou[keep], point[keep]
+        if self.min_mask_region_area > 0 and self.model.family == "sam2":
+            # at logit 0 whatever mask_threshold is: SAM 2's generator leaves its predictor's
+            # threshold (which this step uses) at the default
+            low_res = fill_holes_and_sprinkles(low_res[:, None], 0.0, self.min_mask_region_area)[:, 0]
+        logits = self._upsample(low_res, crop)
+        stability = stability_scores(logits, self.mask_threshold, self.stability_score_offset)
+        keep = torch.ones_like(iou, dtype=torch.bool)
+        if self.stability_score_thresh > 0.0:
+            keep = stability >= self.stability_score_thresh
+        x0, y0 = crop.box[:2]
+        boxes = mask_boxes(logits > self.mask_threshold) + torch.tensor([x0, y0, x0, y0], device=device)
+        del logits
+        keep &= ~near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
+        crop_index = torch.full_like(point, index)
+        return _Candidates(low_res, iou, stability, boxes, point, crop_index).select(keep)
+
+    def _refine(self, features: Features, points: torch.Tensor, low_res: torch.Tensor):
+        """SAM 2's m2m: each mask again from its point and its own (clamped) low-res logits,
+        one mask per prompt."""
+        n = points.shape[0]
+        clamp = self.model.output_logit_clamp
+        mask_inputs = low_res if clamp is None else low_res.clamp(-clamp, clamp)
+        prompts = Prompts(torch.zeros(n, dtype=torch.long, device=points.device), points,
+                          torch.ones(n, 1, dtype=torch.int, device=points.device),
+                          mask_inputs=mask_inputs[:, None])
+        refined, iou = self.model.decode(features, prompts, multimask_output=False)
+        return refined[:, 0], iou[:, 0]
+
+    def _upsample(self, low_res: torch.Tensor, crop: _Crop) -> torch.Tensor:
+        """(N, h, w) low-res logits -> (N, H, W) logits at the crop's size."""
+        if low_res.shape[0] == 0:
+            return low_res.new_zeros(0, *crop.size)
+        return self.model.postprocess(low_res[:, None], crop.input_size, crop.size)[:, 0]
+
+    # --- whole image ------------------------------------------------------------------------
+    def _full_masks(self, kept: _Candidates, crops: list[_Crop], size: tuple[int, int]) -> torch.Tensor:
+        """(N, H, W) bool masks of the kept candidates, each crop's pasted at its place."""
+        masks = torch.zeros(len(kept), *size, dtype=torch.bool, device=kept.iou.device)
+        for index, crop in enumerate(crops):
+            rows = (kept.crop == index).nonzero().flatten()
+            if len(rows):
+                x0, y0, x1, y1 = crop.box
+                masks[rows, y0:y1, x0:x1] = self._upsample(kept.low_res[rows], crop) > self.mask_threshold
+        return masks
+
+    def _remove_small_regions(self, masks: torch.Tensor, kept: _Candidates):
+        """SAM's clean-up: fill small holes, drop small islands, then box NMS preferring the
+        masks that did not change (at the larger of the two NMS thresholds)."""
+        if len(kept) == 0:
+            return masks, kept
+        cleaned, unchanged = [], []
+        for mask in masks.cpu().numpy():
+            mask, holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            cleaned.append(mask)
+            unchanged.append(not (holes or islands))
+        masks = torch.as_tensor(np.stack(cleaned), device=masks.device)
+        kept.boxes = mask_boxes(masks)
+        scores = torch.tensor(unchanged, dtype=torch.float, device=masks.device)
+        keep = batched_nms(kept.boxes.float(), scores, torch.zeros_like(scores),
+                           max(self.box_nms_thresh, self.crop_nms_thresh))
+        return masks[keep], kept.select(keep)
+
+    def _records(self, masks: torch.Tensor, kept: _Candidates, crops: list[_Crop]) -> list[dict]:
+        if len(kept) == 0:
+            return []
+        if self.output_mode == "uncompressed_rle":
+            segmentations = masks_to_uncompressed_rles(masks)
+        else:
+            host = masks.cpu().numpy()
+            segmentations = list(host) if self.output_mode == "binary_mask" else encode_coco_rles(host)
+        areas = masks.sum(dim=(1, 2)).tolist()
+        boxes = xyxy_to_xywh(kept.boxes).tolist()
+        crop_xywh = [xyxy_to_xywh(torch.tensor(c.box)).tolist() for c in crops]
+        crop_index, point = kept.crop.tolist(), kept.point.tolist()
+        iou, stability = kept.iou.float().tolist(), kept.stability.float().tolist()
+        records = []
+        for i, segmentation in enumerate(segmentations):
+            crop = crops[crop_index[i]]
+            x, y = crop.points[point[i]] + np.array(crop.box[:2])
+            records.append({
+                "segmentation": segmentation, "area": int(areas[i]), "bbox": boxes[i],
+                "predicted_iou": iou[i], "point_coords": [[float(x), float(y)]],
+                "stability_score": stability[i], "crop_box": crop_xywh[crop_index[i]],
+            })
+        return records
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _point_grids(
+    points_per_side: int | None,
+    point_grids: Sequence[np.ndarray] | None,
+    crop_n_layers: int,
+    downscale: int,
+) -> list[np.ndarray]:
+    """The grid of each crop layer, from ``points_per_side`` or checked ``point_grids``."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError("give exactly one of points_per_side and point_grids "
+                         "(pass points_per_side=None with point_grids)")
+    if points_per_side is not None:
+        _check_int("points_per_side", points_per_side, 1)
+        grids = layer_point_grids(points_per_side, crop_n_layers, downscale)
+        for layer, grid in enumerate(grids):
+            if len(grid) == 0:
+                raise ValueError(
+                    f"crop layer {layer} gets no points: points_per_side={points_per_side} / "
+                    f"crop_n_points_downscale_factor={downscale}**{layer} < 1; lower one of them")
+        return grids
+    grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+    if len(grids) < crop_n_layers + 1:
+        raise ValueError(f"point_grids has {len(grids)} grid(s); crop_n_layers={crop_n_layers} "
+                         f"needs {crop_n_layers + 1} (one per layer)")
+    for layer, grid in enumerate(grids):
+        if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
+            raise ValueError(f"point_grids[{layer}] must be (P, 2) xy in [0, 1], got shape {grid.shape}")
+        if grid.min() < 0 or grid.max() > 1:
+            raise ValueError(f"point_grids[{layer}] must lie in [0, 1] (fractions of the crop)")
+    return grids
