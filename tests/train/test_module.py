@@ -144,3 +144,17 @@ def test_low_res_loss_compares_decoder_logits_with_shrunk_targets(make_config):
     assert torch.isfinite(total)
     grads = [p.grad for p in module.adapter.model.mask_decoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_sam2_decoder_fine_tune_keeps_the_encoder_projections_frozen():
+    """SAM 2's conv_s0/conv_s1 live in the decoder module but project encoder features: a
+    decoder fine-tune must leave them (and so the cache) alone."""
+    from samtune.config import build_run_config
+
+    config = build_run_config(None, ["model.name=sam2_tiny", "model.freeze=[image_encoder, prompt_encoder]"])
+    module = FineTuneModule(config)
+    groups = module.adapter.parameter_groups()
+    assert not module.encoder_trainable
+    assert not any(p.requires_grad for p in groups["image_encoder"].values())
+    assert any("conv_s0" in n for n in groups["image_encoder"])
+    assert all(p.requires_grad for p in groups["mask_decoder"].values())

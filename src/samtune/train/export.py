@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from samtune import __version__
 from samtune.config.loading import read_yaml, validate
@@ -184,22 +183,6 @@ def base_model(run: str | Path | RunConfig, device: str | torch.device = "cpu") 
 
 
 # --- what training changed ----------------------------------------------------------------
-def trained_state(module: FineTuneModule) -> dict[str, torch.Tensor]:
-    """The tensors training changed, under the names of the training module's model:
-    trainable parameters (LoRA A/B, trained official tensors) and the running statistics
-    of batch norms that trained in training mode (TinyViT's, when its encoder trains)."""
-    model = module.adapter.model
-    out = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    was_training = module.training
-    module.train()  # the modes training ran in: frozen components stay in eval
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            out.update({f"{name}.{b}": t.detach() for b, t in m.named_buffers(recurse=False)
-                        if t is not None})
-    module.train(was_training)
-    return out
-
-
 def trained_groups(module: FineTuneModule) -> list[str]:
     """Groups whose official tensors trained (LoRA adapters aside)."""
     groups = module.adapter.parameter_groups()
@@ -307,7 +290,7 @@ def export_run(
     if state is None:
         raise CheckpointError(f"{path}: not a samtune training checkpoint")
     module = restore_module(state, path)
-    trained = trained_state(module)
+    trained = module.trainable_state()
     lora = module.config.model.lora
     model_cfg = config.model
     info = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
@@ -76,8 +77,11 @@ class FineTuneModule(L.LightningModule):
             add_lora(self.adapter, list(lora.targets), lora.rank, lora.alpha, lora.dropout)
         # SAM 2's projections of the high-resolution features run inside ``encode``.
         groups = self.adapter.parameter_groups()
-        #: fixed from here on; read on every step to choose the cache or the encoder
-        self.encoder_trainable = any(p.requires_grad for p in groups["image_encoder"].values())
+        #: fixed from here on; read on every step to choose the cache or the encoder. Decided by
+        #: the config, not by ``requires_grad``: SAM 2's ``conv_s0``/``conv_s1`` sit in the
+        #: decoder module but belong to the encoder group, and must freeze with the encoder.
+        self.encoder_trainable = "image_encoder" not in model_cfg.freeze or (
+            lora is not None and "image_encoder" in lora.targets)
         for p in groups["image_encoder"].values():
             if not self.encoder_trainable:
                 p.requires_grad_(False)
@@ -87,8 +91,20 @@ class FineTuneModule(L.LightningModule):
             raise ValueError("model.freeze leaves nothing to train; remove a group from it or add lora")
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The tensors training changes (official names, LoRA tensors included)."""
-        return {n: p.detach() for n, p in self.adapter.model.named_parameters() if p.requires_grad}
+        """The tensors training changes, under the names of the (possibly LoRA-wrapped) official
+        module: trainable parameters (LoRA A/B, trained official tensors) and the running
+        statistics of batch norms that update in training mode (TinyViT's, when its encoder
+        trains)."""
+        model = self.adapter.model
+        out = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        was_training = self.training
+        self.train()  # the modes training runs in: frozen components stay in eval
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+                out.update({f"{name}.{b}": t.detach() for b, t in m.named_buffers(recurse=False)
+                            if t is not None})
+        self.train(was_training)
+        return out
 
     def train(self, mode: bool = True) -> FineTuneModule:
         """Frozen components stay in eval mode (TinyViT's batch norms must not update)."""
