@@ -133,3 +133,23 @@ def test_cached_run_encodes_each_image_once(make_config):
     finally:
         run_module._encode_into_cache = original
     assert calls == []
+
+
+def test_cache_is_kept_in_memory_when_it_fits(tmp_path):
+    from samtune.models.adapter import Features
+    from samtune.train.cache import EmbeddingCache
+    from samtune.train.run import keep_cache_in_memory
+
+    cache = EmbeddingCache(tmp_path, "m", "p", dtype=torch.bfloat16)
+    keep_cache_in_memory(cache, 3, torch.device("cpu"))
+    assert cache.memory_items == 0  # nothing on disk yet: nothing to size
+    for i in range(3):
+        cache.put(f"img{i}", Features(torch.randn(1, 8, 4, 4), (torch.randn(1, 2, 8, 8),)))
+    keep_cache_in_memory(cache, 3, torch.device("cpu"))
+    assert cache.memory_items == 3 and cache.memory_device == torch.device("cpu")
+    reader = EmbeddingCache(tmp_path, "m", "p", dtype=torch.bfloat16, memory_items=3)
+    first = reader.get("img1")
+    for entry in tmp_path.glob("*/*/*.safetensors"):
+        entry.unlink()
+    again = reader.get("img1")  # served from memory: the file is gone
+    assert again is not None and torch.equal(again.image_embed, first.image_embed)

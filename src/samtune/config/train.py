@@ -155,6 +155,12 @@ class TrainConfig(_Section):
     """``auto``: when the image encoder is frozen and no augmentation touches the image,
     encode each image once and reuse the features from disk."""
     cache_dtype: Literal["float32", "bfloat16"] = "float32"
+    """How cached features are stored: ``bfloat16`` halves disk and memory (a SAM ViT embedding
+    is 4 MiB in float32) at about 3 significant digits."""
+    cache_in_memory: Literal["auto", "off"] = "auto"
+    """``auto``: after the fill pass, keep every image's features in memory so a step reads no
+    files: on the GPU when they take under a third of its free memory, else in host memory
+    when under a quarter of the RAM, else read from disk each time."""
     fused_attention: bool = True
     """Run SAM's and MobileSAM's attention (image encoder and mask decoder) through PyTorch's
     fused ``scaled_dot_product_attention``: same weights, same outputs up to float rounding,

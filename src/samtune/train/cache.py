@@ -98,7 +98,8 @@ def preprocess_key(adapter: Adapter) -> str:
 
 
 class EmbeddingCache:
-    """Features of single images on disk (and optionally the last ``memory_items`` in memory).
+    """Features of single images on disk (and optionally the last ``memory_items`` in memory,
+    on ``memory_device``).
 
     ``get(image_id)`` returns the stored :class:`Features` (batch dimension 1) or ``None`` on any
     miss; ``put(image_id, features)`` stores a one-image record; ``get_many``/``put_many`` do
@@ -114,6 +115,7 @@ class EmbeddingCache:
         preprocess_key: str,
         dtype: torch.dtype = torch.float32,
         memory_items: int = 0,
+        memory_device: str | torch.device = "cpu",
     ) -> None:
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"cache dtype must be float32, bfloat16 or float16, got {dtype}")
@@ -122,6 +124,8 @@ class EmbeddingCache:
         self.preprocess_key = preprocess_key
         self.dtype = dtype
         self.memory_items = memory_items
+        #: where the in-memory copies live: the training GPU keeps a cached step off the bus
+        self.memory_device = torch.device(memory_device)
         self.folder = self.root / digest(model_key)[:16]
         self._memory: OrderedDict[str, Features] = OrderedDict()
         self.hits = 0
@@ -223,7 +227,7 @@ class EmbeddingCache:
     def _memory_put(self, image_id: str, features: Features) -> None:
         if self.memory_items <= 0:
             return
-        self._memory[image_id] = features
+        self._memory[image_id] = features.to(self.memory_device, non_blocking=True)
         self._memory.move_to_end(image_id)
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)

@@ -12,6 +12,7 @@ What ``samtune train CONFIG`` does, as a function. The run folder::
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tqdm.auto import tqdm
 
 from samtune.config.loading import read_yaml, to_yaml, validate
 from samtune.config.train import RunConfig
-from samtune.data.batch import Collator
+from samtune.data.batch import Collator, image_key
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
 from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
@@ -79,8 +81,11 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
                                       dtype=getattr(torch, config.train.cache_dtype))
     t = config.train
     if module.cache is not None:
+        device = training_device(config)
         for data in (train_data, val_data):
-            fill_cache(module, data, t.batch_size)
+            fill_cache(module, data, t.batch_size, device)
+        if t.cache_in_memory == "auto":
+            keep_cache_in_memory(module.cache, len(train_data) + len(val_data), device)
     datamodule = SamDataModule(
         train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
@@ -207,14 +212,29 @@ def batches_done_in_epoch(checkpoint: Path) -> int:
     return int(progress["processed"])
 
 
-def fill_cache(module: FineTuneModule, data, batch_size: int) -> None:
-    """Encode every image of ``data`` not yet in the cache, in batches, with a progress bar:
-    the only encoder passes of a cached run (later epochs and later runs read the disk)."""
-    from tqdm.auto import tqdm
+def training_device(config: RunConfig) -> torch.device:
+    """The device this process will train on: its GPU when Lightning will use one."""
+    accelerator = config.train.accelerator
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
-    from samtune.data.batch import image_key
 
+def fill_cache(module: FineTuneModule, data, batch_size: int,
+               device: str | torch.device = "cpu") -> None:
+    """Encode every image of ``data`` not yet in the cache, in batches on ``device``, with a
+    progress bar: the only encoder passes of a cached run (later epochs and later runs read
+    the cache)."""
     cache, adapter = module.cache, module.adapter
+    home = adapter.device
+    adapter.to(device)
+    try:
+        _fill(cache, adapter, data, batch_size)
+    finally:
+        adapter.to(home)  # Lightning moves the module itself when training starts
+
+
+def _fill(cache: EmbeddingCache, adapter, data, batch_size: int) -> None:
     sources = getattr(data, "sources", [data])  # a MixedSource: every image it may draw
     samples = (sample for source in sources for sample in source)
     total = sum(len(source) for source in sources)
@@ -238,6 +258,34 @@ def _encode_into_cache(adapter, cache: EmbeddingCache, pending: list) -> None:
     with torch.no_grad():
         features = adapter.encode(adapter.preprocess([image for _, image in pending]).images)
     cache.put_many([key for key, _ in pending], features)
+
+
+def keep_cache_in_memory(cache: EmbeddingCache, images: int, device: torch.device) -> None:
+    """Hold all ``images`` entries in memory when they fit (see ``train.cache_in_memory``)."""
+    per_image = _entry_bytes(cache)
+    if per_image is None:
+        return
+    need = per_image * images
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need < free / 3:
+            cache.memory_items, cache.memory_device = images, device
+            return
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need < ram / 4:
+        cache.memory_items, cache.memory_device = images, torch.device("cpu")
+
+
+def _entry_bytes(cache: EmbeddingCache) -> int | None:
+    """Bytes one cached image takes in memory, from the shapes in any entry on disk."""
+    from safetensors import safe_open
+
+    entry = next(cache.folder.glob("*/*.safetensors"), None)
+    if entry is None:
+        return None
+    with safe_open(str(entry), framework="pt") as f:
+        elements = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    return elements * cache.dtype.itemsize
 
 
 def _uses_logits(config: RunConfig) -> bool:
