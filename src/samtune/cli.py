@@ -216,6 +216,57 @@ def export_command(
     console.print(f"  {result.manifest.name}: base, checksum, config, metrics", highlight=False)
 
 
+@app.command("eval")
+@user_errors
+def eval_command(
+    model: Annotated[str, typer.Option(help="Fine-tuned run folder (runs/<name>) or checkpoint file.")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset: folder, COCO or LabPics (as `samtune data check` reads). "
+             "Default: the run's validation data.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split of --data: train, val, test or all (default: test, else val, else all).")] = None,
+    base: Annotated[Optional[str], typer.Option(
+        help="Base model to compare with (default: the run's base, or for a checkpoint file "
+             "its official weights from the cache).")] = None,
+    base_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Weights of --base (omit for random init / a tiny model).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        help="Report folder (default RUN/eval; required for a checkpoint file).")] = None,
+    modes: Annotated[str, typer.Option(
+        help="Prompt modes, comma-separated: box, point, points3, box+point, none, auto.")]
+        = "box,point,points3,box+point,none,auto",
+    max_images: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompt points (points3).")] = 0,
+    batch_objects: Annotated[int, typer.Option(min=1, help="Objects per decoder call.")] = 64,
+    points_per_side: Annotated[Optional[int], typer.Option(
+        min=1, help="auto: grid of points per side (family default 32).")] = None,
+    pred_iou_thresh: Annotated[Optional[float], typer.Option(
+        help="auto: drop masks whose predicted IoU is below this (family default).")] = None,
+    stability_score_thresh: Annotated[Optional[float], typer.Option(
+        help="auto: drop masks less stable than this (default 0.95).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+) -> None:
+    """Compare a fine-tuned model with its base per prompt mode (IoU, Dice, pixel accuracy,
+    boundary F1; COCO mask AP of automatic masks); write report.md, metrics.json, plots and
+    comparison panels."""
+    from samtune.infer.evaluate import EvalSettings, resolve_data, resolve_models, run_eval
+
+    amg = {k: v for k, v in dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                                 stability_score_thresh=stability_score_thresh).items()
+           if v is not None}
+    settings = EvalSettings(tuple(m.strip() for m in modes.split(",") if m.strip()), seed=seed,
+                            max_images=max_images, batch_objects=batch_objects, amg=amg)
+    if output is None and Path(model).is_file():
+        raise SamtuneError(f"--output FOLDER is needed: {model} is a checkpoint file, not a run folder")
+    given = resolve_data(data, split) if data is not None else None  # a bad path fails first
+    models = resolve_models(model, base, base_checkpoint, device)
+    dataset, described, used_split = given or resolve_data(None, split, models.run_config)
+    info = {"model": models.tuned_label, "base": models.base_label, "data": described,
+            "split": used_split}
+    run_eval(models.tuned, models.base, dataset, output or models.run_dir / "eval", settings,
+             info, console=console)
+
+
 @app.command("demo")
 @user_errors
 def demo_command(
