@@ -34,6 +34,7 @@ from samtune.infer.mask_ops import (
     crop_boxes,
     fill_holes_and_sprinkles,
     layer_point_grids,
+    mask_areas,
     mask_boxes,
     near_crop_edge,
     remove_small_regions,
@@ -44,6 +45,9 @@ from samtune.infer.rle import encode_coco_rles, masks_to_uncompressed_rles
 from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+#: full-size logits computed at once when scoring masks (8M pixels, 32 MiB of float32)
+_CHUNK_PIXELS = 1 << 23
 
 #: the official generators' ``pred_iou_thresh`` default, by model family
 DEFAULT_PRED_IOU_THRESH = {"sam": 0.88, "mobile_sam": 0.88, "sam2": 0.8}
@@ -257,17 +261,37 @@ class AutomaticMaskGenerator:
             # at logit 0 whatever mask_threshold is: SAM 2's generator leaves its predictor's
             # threshold (which this step uses) at the default
             low_res = fill_holes_and_sprinkles(low_res[:, None], 0.0, self.min_mask_region_area)[:, 0]
-        logits = self._upsample(low_res, crop)
-        stability = stability_scores(logits, self.mask_threshold, self.stability_score_offset)
+        stability, boxes = self._stability_and_boxes(low_res, crop)
         keep = torch.ones_like(iou, dtype=torch.bool)
         if self.stability_score_thresh > 0.0:
             keep = stability >= self.stability_score_thresh
         x0, y0 = crop.box[:2]
-        boxes = mask_boxes(logits > self.mask_threshold) + torch.tensor([x0, y0, x0, y0], device=device)
-        del logits
+        boxes = boxes + torch.tensor([x0, y0, x0, y0], device=device)
         keep &= ~near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
         crop_index = torch.full_like(point, index)
         return _Candidates(low_res, iou, stability, boxes, point, crop_index).select(keep)
+
+    def _stability_and_boxes(self, low_res: torch.Tensor, crop: _Crop) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stability scores and XYXY boxes (crop frame) of the masks at the crop's size.
+
+        The full-size logits exist only a few masks at a time (about ``_CHUNK_PIXELS``), which
+        bounds memory and, on a CPU, keeps them in cache; boxes are only computed for masks
+        that pass the stability filter (the others get zeros and are dropped).
+        """
+        h, w = crop.size
+        step = max(1, _CHUNK_PIXELS // (h * w))
+        stability = low_res.new_zeros(len(low_res))
+        boxes = torch.zeros(len(low_res), 4, dtype=torch.long, device=low_res.device)
+        for start in range(0, len(low_res), step):
+            logits = self._upsample(low_res[start : start + step], crop)
+            scores = stability_scores(logits, self.mask_threshold, self.stability_score_offset)
+            stability[start : start + step] = scores
+            if self.stability_score_thresh > 0.0:
+                passed = (scores >= self.stability_score_thresh).nonzero().flatten()
+                boxes[start + passed] = mask_boxes(logits[passed] > self.mask_threshold)
+            else:
+                boxes[start : start + step] = mask_boxes(logits > self.mask_threshold)
+        return stability, boxes
 
     def _refine(self, features: Features, points: torch.Tensor, low_res: torch.Tensor):
         """SAM 2's m2m: each mask again from its point and its own (clamped) low-res logits,
@@ -292,10 +316,11 @@ class AutomaticMaskGenerator:
         """(N, H, W) bool masks of the kept candidates, each crop's pasted at its place."""
         masks = torch.zeros(len(kept), *size, dtype=torch.bool, device=kept.iou.device)
         for index, crop in enumerate(crops):
+            x0, y0, x1, y1 = crop.box
             rows = (kept.crop == index).nonzero().flatten()
-            if len(rows):
-                x0, y0, x1, y1 = crop.box
-                masks[rows, y0:y1, x0:x1] = self._upsample(kept.low_res[rows], crop) > self.mask_threshold
+            for chunk in rows.split(max(1, _CHUNK_PIXELS // (size[0] * size[1]))):
+                logits = self._upsample(kept.low_res[chunk], crop)
+                masks[chunk, y0:y1, x0:x1] = logits > self.mask_threshold
         return masks
 
     def _remove_small_regions(self, masks: torch.Tensor, kept: _Candidates):
@@ -324,7 +349,7 @@ class AutomaticMaskGenerator:
         else:
             host = masks.cpu().numpy()
             segmentations = list(host) if self.output_mode == "binary_mask" else encode_coco_rles(host)
-        areas = masks.sum(dim=(1, 2)).tolist()
+        areas = mask_areas(masks).tolist()
         boxes = xyxy_to_xywh(kept.boxes).tolist()
         crop_xywh = [xyxy_to_xywh(torch.tensor(c.box)).tolist() for c in crops]
         crop_index, point = kept.crop.tolist(), kept.point.tolist()

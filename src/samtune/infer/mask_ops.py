@@ -53,7 +53,8 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     n, h, w = masks.shape
     if n == 0:
         return torch.zeros(0, 4, dtype=torch.long, device=masks.device)
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    as_bytes = masks.view(torch.uint8)  # amax over bytes is several times faster than any()
+    rows, cols = as_bytes.amax(dim=2).bool(), as_bytes.amax(dim=1).bool()
     boxes = torch.stack([
         cols.int().argmax(1), rows.int().argmax(1),
         w - 1 - cols.flip(1).int().argmax(1), h - 1 - rows.flip(1).int().argmax(1),
@@ -69,9 +70,14 @@ def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
 def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
     """IoU of the masks at ``threshold + offset`` and ``threshold - offset`` (the first lies
     inside the second, so it is a ratio of pixel counts); NaN for a mask empty at both."""
-    inner = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int32)
-    outer = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int32)
-    return inner / outer
+    return mask_areas(logits > threshold + offset) / mask_areas(logits > threshold - offset)
+
+
+def mask_areas(masks: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) bool -> (...) int32 foreground pixel counts; int16 row sums first (several
+    times faster on a CPU than one reduction over both axes)."""
+    row_dtype = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
+    return masks.sum(-1, dtype=row_dtype).sum(-1, dtype=torch.int32)
 
 
 def near_crop_edge(
