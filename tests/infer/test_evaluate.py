@@ -255,3 +255,17 @@ def test_image_records_round_trip_to_json():
     r = ImageRecord("a.png", 2, {"iou": [0.5, 1.0]}, [1, 2], (1, 2, 3, 4))
     assert r.to_json() == {"path": "a.png", "n_objects": 2, "categories": [1, 2],
                            "iou": [0.5, 1.0]}
+
+
+def test_tiny_model_auto_mode(coco_data):
+    model = load_model("sam_tiny")
+    settings = EvalSettings(modes=("auto",), max_images=2, amg={
+        "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    results, truth = evaluate_models({"m": model}, coco_data, settings, progress=False)
+    result = results["m"]["auto"]
+    assert result.detections and {d["image_id"] for d in result.detections} <= {1, 2}
+    assert len(result.values("iou")) == len(truth.annotations)
+    stats = coco_ap(truth, result.detections)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in stats.values())
+    out = summarize(result, {1: "ellipse"})
+    assert out["n_masks"] == len(truth.annotations) and out["per_category"]

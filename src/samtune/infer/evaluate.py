@@ -238,30 +238,38 @@ def evaluate_models(models: Mapping[str, Adapter], dataset: Sequence[Sample],
                   for label, model in models.items()} if "auto" in settings.modes else {}
     results = {label: {m: ModeResult(m) for m in settings.modes} for label in models}
     truth_coco = GroundTruth()
+    prompted = any(m != "auto" for m in settings.modes)
     count = len(dataset) if settings.max_images is None else min(settings.max_images, len(dataset))
     for index in tqdm(range(count), desc="evaluating", unit="image", disable=not progress):
         sample = dataset[index]
         truth, categories, prompts = image_objects(sample, settings.seed, index)
         truth_coco.add(index + 1, truth, categories)
         for label, predictor in predictors.items():
-            predictor.set_image(sample.image)
+            if prompted:
+                predictor.set_image(sample.image)
             for mode in settings.modes:
-                if mode == "auto":
-                    pred, dets = run_automatic(generators[label], sample.image, index + 1)
-                    results[label][mode].detections.extend(dets)
-                    record = score_image(best_matches(truth, pred), truth, categories,
-                                         sample.path, len(truth))
-                elif mode == "none":
-                    union = truth.any(axis=0, keepdims=True) if len(truth) else \
-                        np.zeros((1, *sample.size), dtype=bool)
-                    record = score_image(predict_mode(predictor, prompts, mode), union, [-1],
-                                         sample.path, len(truth))
-                else:
-                    pred = predict_mode(predictor, prompts, mode, settings.batch_objects)
-                    record = score_image(pred, truth, categories, sample.path, len(truth))
+                record, dets = score_mode(mode, predictor, generators.get(label), sample, truth,
+                                          categories, prompts, settings.batch_objects, index + 1)
                 results[label][mode].images.append(record)
+                results[label][mode].detections.extend(dets)
             predictor.reset_image()
     return results, truth_coco
+
+
+def score_mode(mode: str, predictor: Predictor, generator, sample: Sample, truth: np.ndarray,
+               categories: Sequence[int], prompts: ObjectPrompts, batch_objects: int,
+               image_id: int) -> tuple[ImageRecord, list[dict]]:
+    """One image in one mode: its record, and (auto) its COCO detections. ``predictor`` has
+    the image set already (prompted modes); ``generator`` makes the automatic masks."""
+    if mode == "auto":
+        generated, dets = run_automatic(generator, sample.image, image_id)
+        return score_image(best_matches(truth, generated), truth, categories, sample.path,
+                           len(truth)), dets
+    if mode == "none":
+        return score_image(predict_mode(predictor, prompts, mode), truth.any(0, keepdims=True),
+                           [-1], sample.path, len(truth)), []
+    return score_image(predict_mode(predictor, prompts, mode, batch_objects), truth, categories,
+                       sample.path, len(truth)), []
 
 
 def image_objects(sample: Sample, seed: int, index: int
