@@ -14,7 +14,6 @@ from pathlib import Path
 from rich.console import Console
 
 from samtune.config import build_run_config
-from samtune.data.mixing import open_dataset
 from samtune.data.synthetic import make_splits, write_folder, write_splits
 from samtune.data.validate import check
 from samtune.infer.evaluate import EvalSettings, resolve_data, resolve_models, run_eval

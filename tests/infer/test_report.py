@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from samtune.data.sample import Sample
 from samtune.infer.evaluate import (
     EvalSettings,
     GroundTruth,
@@ -17,7 +18,6 @@ from samtune.infer.evaluate import (
     score_image,
 )
 from samtune.infer.report import PanelCase, worse_than_base, write_report
-from samtune.data.sample import Sample
 
 
 def rect(y0, y1, x0, x1, hw=(24, 32)):
@@ -80,8 +80,9 @@ def test_report_files(tmp_path):
 
 
 def test_run_eval_warns_on_console(tmp_path):
-    from samtune.models import load_model
     import torch
+
+    from samtune.models import load_model
 
     scenes = [Sample(image=np.random.default_rng(i).integers(0, 255, (24, 32, 3), np.uint8),
                      masks=np.stack([rect(2, 12, 2, 14), rect(14, 22, 16, 30)]),

@@ -43,8 +43,14 @@ from samtune.data.prompts import PAD_LABEL, _inner_distance
 from samtune.data.sample import Sample
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
+from samtune.infer.report import (
+    PanelCase,
+    console_table,
+    warning_line,
+    worse_than_base,
+    write_report,
+)
 from samtune.infer.rle import coco_results, encode_coco_rles
-from samtune.infer.report import PanelCase, console_table, warning_line, worse_than_base, write_report
 from samtune.models.adapter import Adapter
 from samtune.train.metrics import METRIC_NAMES, Counts, confusion_counts, mask_metrics
 

@@ -177,7 +177,7 @@ def _fit(tile: np.ndarray, target: int = 320) -> np.ndarray:
     panel reads at about ``target`` pixels on its longer side."""
     side = max(tile.shape[:2])
     if side < target / 1.5:
-        k = int(round(target / side))
+        k = round(target / side)
         return np.repeat(np.repeat(tile, k, axis=0), k, axis=1)
     if side > 1.5 * target:
         scale = target / side
@@ -221,26 +221,26 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path],
     """report.md's text; links are relative to ``out``."""
     info = metrics["info"]
     lines = [f"# Evaluation: {info['model']} vs base {info['base']}", "",
-             f"- data: {info['data']} (split {info['split']}, {info['n_images']} images, "
-             f"{info['n_objects']} objects)",
+             (f"- data: {info['data']} (split {info['split']}, {info['n_images']} images, "
+              f"{info['n_objects']} objects)"),
              f"- date: {info['date']}; device: {info['device']}; seed: {info['seed']}", ""]
     worse = warning_line(metrics.get("warnings", []))
     if worse:
         lines += [f"> **Warning:** {worse}.", ""]
     lines += ["## Prompt modes", ""]
     lines += [f"- **{m}**: {metrics['mode_descriptions'][m]}" for m in metrics["modes"]]
-    lines += ["", "Metrics at the original image size; boundary F1 with a 0-pixel tolerance; "
-              "automatic AP is class-agnostic COCO mask AP (pycocotools, maxDets 100).", ""]
+    lines += ["", ("Metrics at the original image size; boundary F1 with a 0-pixel tolerance; "
+                   "automatic AP is class-agnostic COCO mask AP (pycocotools, maxDets 100)."), ""]
     lines += _results_table(metrics) + _iou_levels_table(metrics) + _category_table(metrics)
     lines += _ap_table(metrics)
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots]
     if panels:
-        lines += ["", f"## Comparisons ({panels[0][0].mode} mode; best, median and worst image "
-                  "by fine-tuned IoU)", ""]
+        lines += ["", (f"## Comparisons ({panels[0][0].mode} mode; best, median and worst "
+                       "image by fine-tuned IoU)"), ""]
         for case, path in panels:
-            lines += [f"**{case.rank}**: `{case.path}` (IoU base {case.iou_base:.3f}, "
-                      f"fine-tuned {case.iou_tuned:.3f})", "",
+            lines += [(f"**{case.rank}**: `{case.path}` (IoU base {case.iou_base:.3f}, "
+                       f"fine-tuned {case.iou_tuned:.3f})"), "",
                       f"![{case.rank}]({path.relative_to(out).as_posix()})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -258,8 +258,8 @@ def _results_table(metrics: Mapping[str, Any]) -> list[str]:
 
 def _iou_levels_table(metrics: Mapping[str, Any]) -> list[str]:
     lines = ["## IoU three ways", "",
-             "Mean over masks, mean over images (of each image's mean), and micro (pixels "
-             "pooled over the dataset).", "",
+             ("Mean over masks, mean over images (of each image's mean), and micro (pixels "
+              "pooled over the dataset)."), "",
              "| mode | masks | per mask base | tuned | per image base | tuned | micro base | tuned |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for mode in metrics["modes"]:
@@ -296,5 +296,5 @@ def _ap_table(metrics: Mapping[str, Any]) -> list[str]:
     for key in AP_SHOWN:
         base, tuned = (metrics["models"][s]["auto"]["coco"][key] for s in SIDES)
         lines.append(f"| {key} | {_fmt(base)} | {_fmt(tuned)} | {_delta(base, tuned)} |")
-    return lines + ["", "`-` where the data has no object in that area range "
-                    "(small < 32², medium < 96² pixels, large above).", ""]
+    return lines + ["", ("`-` where the data has no object in that area range "
+                         "(small < 32², medium < 96² pixels, large above)."), ""]
