@@ -5,8 +5,14 @@ from samtune.models import get_spec, list_models, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["AutomaticMaskGenerator", "SamtuneError", "get_spec", "list_models", "load_model",
-           "__version__"]
+__all__ = [
+    "AutomaticMaskGenerator",
+    "SamtuneError",
+    "__version__",
+    "get_spec",
+    "list_models",
+    "load_model",
+]
 
 
 def __getattr__(name: str):

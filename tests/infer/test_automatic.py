@@ -21,7 +21,7 @@ from samtune.infer.mask_ops import component_areas, crop_boxes, point_grid
 from samtune.infer.rle import decode_rle
 
 TINY = ["sam_tiny", "mobile_sam_tiny", "sam2_tiny"]
-LOW = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+LOW = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def reference_connected_components(mask: torch.Tensor):
     call per mask, so that the official generator does its low-res hole filling."""
     labels, counts = torch.zeros_like(mask, dtype=torch.int32), torch.zeros_like(mask, dtype=torch.int32)
     for i, m in enumerate(mask[:, 0].numpy().astype(np.uint8)):
-        n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        _n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         area = stats[:, cv2.CC_STAT_AREA][lab]
         area[lab == 0] = 0
         labels[i, 0], counts[i, 0] = torch.from_numpy(lab), torch.from_numpy(area.astype(np.int32))
@@ -125,11 +125,11 @@ CASES = {
     "nms, non-square": ((120, 72), dict(points_per_side=8, box_nms_thresh=0.5, **LOW)),
     "crops": ((96, 128), dict(points_per_side=4, crop_n_layers=1, crop_nms_thresh=1.0,
                               box_nms_thresh=1.0, **LOW)),
-    "min region area": ((96, 128), dict(points_per_side=5, box_nms_thresh=0.9,
+    "min region area": ((96, 128), dict(points_per_side=5, box_nms_thresh=1.0,
                                         min_mask_region_area=40, **LOW)),
-    "thresholds": ((96, 128), dict(points_per_side=5, box_nms_thresh=1.0, pred_iou_thresh=0.02,
-                                   stability_score_thresh=0.3, stability_score_offset=0.5,
-                                   points_per_batch=7)),
+    "thresholds": ((96, 128), {"points_per_side": 5, "box_nms_thresh": 1.0,
+                               "pred_iou_thresh": 0.02, "stability_score_thresh": 0.3,
+                               "stability_score_offset": 0.5, "points_per_batch": 7}),
 }
 
 
@@ -143,10 +143,10 @@ def test_same_records_as_official(models, name, case):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(use_m2m=True),
-    dict(multimask_output=False),
+    {"use_m2m": True},
+    {"multimask_output": False},
     # SAM 2's low-res clean-up stays at logit 0 whatever mask_threshold says, as the official
-    dict(use_m2m=True, mask_threshold=-0.5, min_mask_region_area=20),
+    {"use_m2m": True, "mask_threshold": -0.5, "min_mask_region_area": 20},
 ])
 def test_sam2_options_match_official(models, kwargs):
     records = compare(models["sam2_tiny"], make_image(96, 128, seed=1), points_per_side=5,
@@ -200,18 +200,18 @@ def test_family_defaults_and_nothing_found(models):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(output_mode="png"), "output_mode"),
-    (dict(points_per_side=None), "exactly one"),
-    (dict(point_grids=[np.zeros((4, 2))]), "exactly one"),
-    (dict(points_per_side=0), "points_per_side"),
-    (dict(points_per_batch=0), "points_per_batch"),
-    (dict(points_per_side=2, crop_n_layers=1, crop_n_points_downscale_factor=4), "no points"),
-    (dict(points_per_side=None, point_grids=[np.zeros((4, 3))]), r"\(P, 2\)"),
-    (dict(points_per_side=None, point_grids=[np.full((4, 2), 2.0)]), r"\[0, 1\]"),
-    (dict(points_per_side=None, point_grids=[np.zeros((4, 2))], crop_n_layers=1), "one per layer"),
-    (dict(box_nms_thresh=1.5), "box_nms_thresh"),
-    (dict(min_mask_region_area=-1), "min_mask_region_area"),
-    (dict(crop_n_layers=-1), "crop_n_layers"),
+    ({"output_mode": "png"}, "output_mode"),
+    ({"points_per_side": None}, "exactly one"),
+    ({"point_grids": [np.zeros((4, 2))]}, "exactly one"),
+    ({"points_per_side": 0}, "points_per_side"),
+    ({"points_per_batch": 0}, "points_per_batch"),
+    ({"points_per_side": 2, "crop_n_layers": 1, "crop_n_points_downscale_factor": 4}, "no points"),
+    ({"points_per_side": None, "point_grids": [np.zeros((4, 3))]}, r"\(P, 2\)"),
+    ({"points_per_side": None, "point_grids": [np.full((4, 2), 2.0)]}, r"\[0, 1\]"),
+    ({"points_per_side": None, "point_grids": [np.zeros((4, 2))], "crop_n_layers": 1}, "one per layer"),
+    ({"box_nms_thresh": 1.5}, "box_nms_thresh"),
+    ({"min_mask_region_area": -1}, "min_mask_region_area"),
+    ({"crop_n_layers": -1}, "crop_n_layers"),
 ])
 def test_bad_arguments(models, kwargs, match):
     with pytest.raises(ValueError, match=match):

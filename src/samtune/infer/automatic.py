@@ -55,13 +55,13 @@ DEFAULT_PRED_IOU_THRESH = {"sam": 0.88, "mobile_sam": 0.88, "sam2": 0.8}
 #: settings of the reference projects, as keyword arguments of :class:`AutomaticMaskGenerator`
 PRESETS: dict[str, dict[str, Any]] = {
     # R0 (SAM 2 on LabPics), seg_all.py: denser recall with crops and the m2m refinement
-    "R0": dict(points_per_side=32, points_per_batch=128, pred_iou_thresh=0.7,
-               stability_score_thresh=0.92, stability_score_offset=0.7, crop_n_layers=1,
-               box_nms_thresh=0.7, crop_n_points_downscale_factor=2, min_mask_region_area=25,
-               use_m2m=True),
+    "R0": {"points_per_side": 32, "points_per_batch": 128, "pred_iou_thresh": 0.7,
+           "stability_score_thresh": 0.92, "stability_score_offset": 0.7, "crop_n_layers": 1,
+           "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
+           "min_mask_region_area": 25, "use_m2m": True},
     # R4 (finestSAM): SAM's defaults plus removal of regions under 300 pixels
-    "R4": dict(points_per_side=32, pred_iou_thresh=0.88, stability_score_thresh=0.95,
-               stability_score_offset=1.0, box_nms_thresh=0.7, min_mask_region_area=300),
+    "R4": {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+           "stability_score_offset": 1.0, "box_nms_thresh": 0.7, "min_mask_region_area": 300},
 }
 
 

@@ -101,7 +101,7 @@ def remove_small_regions(mask: np.ndarray, min_area: float, mode: str) -> tuple[
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
     holes = mode == "holes"
     working = (mask != holes).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
     sizes = stats[1:, cv2.CC_STAT_AREA]
     small = sizes < min_area
     if not small.any():
