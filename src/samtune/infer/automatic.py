@@ -17,7 +17,9 @@ The two official generators differ in two places, and so does this one, by model
 SAM 2's default ``pred_iou_thresh`` is 0.8 (SAM's 0.88), and SAM 2 applies
 ``min_mask_region_area`` to the low-res logits of every candidate (holes and sprinkles, as its
 image predictor's ``max_hole_area``/``max_sprinkle_area``) where SAM cleans holes and islands
-in the final masks and runs box NMS again.
+in the final masks and runs box NMS again. (SAM 2's own predictor needs its CUDA extension for
+that step and silently skips it without one; here OpenCV does it on any device, so on a machine
+without the extension samtune's SAM 2 masks are the cleaned ones the official would give with it.)
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ class AutomaticMaskGenerator:
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
-        """Mask records for an HxWx3 uint8 RGB image, best first within each crop.
+        """Mask records for an HxWx3 uint8 RGB image, in the official generators' order.
 
         Each record: ``segmentation`` (per ``output_mode``), ``area`` (pixels), ``bbox``
         (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]] the prompt, image pixels),
