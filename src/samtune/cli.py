@@ -46,6 +46,15 @@ def user_errors(fn):
     return wrapper
 
 
+# Automatic-mask-generator options shared by `predict --auto` and `eval` (mode auto).
+PointsPerSide = Annotated[Optional[int], typer.Option(
+    min=1, help="Automatic masks: grid of points per side (family default 32).")]
+PredIouThresh = Annotated[Optional[float], typer.Option(
+    help="Automatic masks: drop masks whose predicted IoU is below this (family default).")]
+StabilityScoreThresh = Annotated[Optional[float], typer.Option(
+    help="Automatic masks: drop masks less stable than this (default 0.95).")]
+
+
 @app.command("models")
 @user_errors
 def models_command(
@@ -91,12 +100,9 @@ def predict_command(
         "--label-map", help="One label-map PNG per image (object i = value i+1) instead of a PNG per object.")] = False,
     multimask: Annotated[bool, typer.Option(help="Predict three candidates per object; keep the best.")] = False,
     opacity: Annotated[float, typer.Option(min=0.0, max=1.0, help="Overlay opacity.")] = 0.5,
-    points_per_side: Annotated[Optional[int], typer.Option(
-        min=1, help="--auto: grid of points per side (family default 32).")] = None,
-    pred_iou_thresh: Annotated[Optional[float], typer.Option(
-        help="--auto: drop masks whose predicted IoU is below this (family default).")] = None,
-    stability_score_thresh: Annotated[Optional[float], typer.Option(
-        help="--auto: drop masks less stable than this (default 0.95).")] = None,
+    points_per_side: PointsPerSide = None,
+    pred_iou_thresh: PredIouThresh = None,
+    stability_score_thresh: StabilityScoreThresh = None,
     crop_n_layers: Annotated[Optional[int], typer.Option(
         min=0, help="--auto: also run on 4^k crops for k = 1..n (default 0).")] = None,
     min_mask_region_area: Annotated[Optional[int], typer.Option(
@@ -238,12 +244,9 @@ def eval_command(
     max_images: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random prompt points (points3).")] = 0,
     batch_objects: Annotated[int, typer.Option(min=1, help="Objects per decoder call.")] = 64,
-    points_per_side: Annotated[Optional[int], typer.Option(
-        min=1, help="auto: grid of points per side (family default 32).")] = None,
-    pred_iou_thresh: Annotated[Optional[float], typer.Option(
-        help="auto: drop masks whose predicted IoU is below this (family default).")] = None,
-    stability_score_thresh: Annotated[Optional[float], typer.Option(
-        help="auto: drop masks less stable than this (default 0.95).")] = None,
+    points_per_side: PointsPerSide = None,
+    pred_iou_thresh: PredIouThresh = None,
+    stability_score_thresh: StabilityScoreThresh = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
 ) -> None:
     """Compare a fine-tuned model with its base per prompt mode (IoU, Dice, pixel accuracy,

@@ -514,16 +514,11 @@ def resolve_models(model: str | Path, base: str | None = None,
     checkpoint, the base its embedded config names; else the identified model's official
     weights when they are in the cache. Otherwise a SamtuneError asks for ``--base``.
     """
-    from samtune.models import load_model
-    from samtune.models.registry import UnknownModelError, get_spec
+    from samtune.models import list_models, load_model
 
     if base_checkpoint is not None and base is None:
         raise SamtuneError("--base-checkpoint goes with --base NAME (the base model's name)")
-    try:
-        get_spec(str(model))
-    except UnknownModelError:
-        pass
-    else:
+    if str(model) in {spec.name for spec in list_models()}:
         raise SamtuneError(f"{model} is a model name; --model takes a fine-tuned run folder or "
                            "checkpoint file (compare a file with any base via --base NAME)")
     path = Path(model)

@@ -196,7 +196,7 @@ def save_trained_tensors(trainer: L.Trainer, checkpoint: Path) -> None:
 
 def save_last(trainer: L.Trainer, last: Path) -> None:
     """``last.ckpt`` at the step training ended on, whatever the checkpoint intervals."""
-    trainer.save_checkpoint(last, weights_only=False)  # full state: resumable
+    trainer.save_checkpoint(last)
     save_trained_tensors(trainer, last)
 
 
