@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import activation_mib, device_name, images_per_s
 from torch.utils.flop_counter import FlopCounterMode
 
 from samtune.files import write_json
@@ -38,32 +36,8 @@ from samtune.models.fast import (
     compile_model,
     enable_fused_attention,
     enable_gradient_checkpointing,
-    encoder_blocks,
     fused_attention_count,
-    saved_tensor_bytes,
 )
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def images_per_s(fns: dict, batch: int, repeats: int, warmup: int, device: str) -> dict[str, float]:
-    """Images/s of each function, timed in interleaved rounds (median of ``repeats`` calls),
-    so that a busy machine slows every path alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    for _ in range(repeats):
-        for label, fn in fns.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[label].append(time.perf_counter() - start)
-    return {label: batch / statistics.median(t) for label, t in times.items()}
 
 
 def gflop_per_image(adapter, images: torch.Tensor) -> float:
@@ -108,23 +82,6 @@ def inference_block(name: str, args, autocast) -> dict:
     return row
 
 
-def block_input_bytes(adapter, fn) -> int:
-    """Bytes of the inputs the checkpointed blocks keep for their recomputation."""
-    total = 0
-
-    def count(_module, inputs):
-        nonlocal total
-        total += sum(t.untyped_storage().nbytes() for t in inputs if isinstance(t, torch.Tensor))
-
-    handles = [b.register_forward_pre_hook(count) for b in encoder_blocks(adapter)]
-    try:
-        fn()
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
 def training_block(name: str, args, autocast) -> dict:
     """Encoder forward + backward (all encoder parameters trained), fused attention, with and
     without gradient checkpointing."""
@@ -159,9 +116,7 @@ def training_block(name: str, args, autocast) -> dict:
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["peak_above_weights_gib"] = (torch.cuda.max_memory_allocated() - before) / 2**30
         else:
-            saved = saved_tensor_bytes(forwards[label])
-            held = block_input_bytes(adapter, forwards[label]) if label == "checkpointed" else 0
-            row["activation_mib"] = (saved + held) / 2**20
+            row["activation_mib"] = activation_mib(adapter, forwards[label])
         out[label] = row
     memory = "peak_above_weights_gib" if args.device.startswith("cuda") else "activation_mib"
     out["checkpointed_memory_vs_plain"] = out["checkpointed"][memory] / out["plain"][memory]
@@ -236,9 +191,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                   else platform.processor() or "cpu")
-    record = {"device": args.device, "device_name": device_name, "torch": torch.__version__,
+    record = {"device": args.device, "device_name": device_name(args.device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "batch": args.batch, "precision": args.precision,
               "compile": args.compile, "compile_mode": args.compile_mode, "repeats": args.repeats,
               "peak_tflops": args.peak_tflops, "results": {}}

@@ -241,3 +241,45 @@ def test_bad_configuration_and_shapes_fail_clearly():
         iou_head_loss(
             torch.zeros(2), torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool)
         )
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.8, 2.0), (None, 1.5), (0.15, 0.0)])
+def test_focal_matches_torchvision_per_pixel(alpha, gamma):
+    """samtune computes the focal term from its shared probabilities and cross-entropy; it
+    must equal torchvision's ``sigmoid_focal_loss`` averaged over the valid pixels, values
+    and gradients, for K candidates per object."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 2, 16, 20, generator=gen) * 4).requires_grad_(True)
+    targets = torch.rand(3, 16, 20, generator=gen) > 0.6
+    valid = torch.ones(3, 16, 20, dtype=torch.bool)
+    valid[:, 12:] = False
+    valid[1, :, 15:] = False
+    ours = focal_loss(logits, targets, valid, alpha=alpha, gamma=gamma)
+    pixel = sigmoid_focal_loss(logits, targets[:, None].float().expand_as(logits),
+                               alpha=-1 if alpha is None else alpha, gamma=gamma)
+    v = valid[:, None].float()
+    reference = (pixel * v).sum((-2, -1)) / v.sum((-2, -1))
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-7)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-9)
+
+
+def test_terms_share_their_work_and_equal_the_separate_functions():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 3, 12, 12, generator=gen) * 3
+    targets = torch.rand(4, 12, 12, generator=gen) > 0.5
+    valid = torch.rand(4, 12, 12, generator=gen) > 0.2
+    loss = SegmentationLoss({"focal": 1, "dice": 1, "bce": 1, "iou": 1}, focal_alpha=0.3,
+                            dice_smooth=1e-7, iou_smooth=0.5, iou_tanh_scale=3)
+    terms = loss.mask_terms(logits, targets, valid)
+    torch.testing.assert_close(terms["focal"], focal_loss(logits, targets, valid, 0.3))
+    torch.testing.assert_close(terms["dice"], dice_loss(logits, targets, valid, 1e-7))
+    torch.testing.assert_close(terms["bce"], bce_loss(logits, targets, valid))
+    torch.testing.assert_close(terms["iou"], soft_iou_loss(logits, targets, valid, 0.5, 3))
+    v = valid[:, None].float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, targets[:, None].float().expand_as(logits), reduction="none")
+    torch.testing.assert_close(terms["bce"], (bce * v).sum((-2, -1)) / v.sum((-2, -1)))

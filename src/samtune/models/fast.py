@@ -284,6 +284,11 @@ def enable_gradient_checkpointing(adapter: Adapter) -> int:
     return switched
 
 
+def checkpointed_blocks(adapter: Adapter) -> list[nn.Module]:
+    """The encoder blocks :func:`enable_gradient_checkpointing` switched."""
+    return [block for block in encoder_blocks(adapter) if isinstance(block, _Checkpointed)]
+
+
 def saved_tensor_bytes(fn: Callable[[], object]) -> int:
     """Bytes of distinct tensors autograd saves for backward while ``fn`` runs.
 

@@ -13,7 +13,7 @@ all-reduced global count, as SAM 2's trainer does.
 
 The terms, with the reference projects' settings (``reference/facts.md``):
 
-- ``focal``: :func:`torchvision.ops.sigmoid_focal_loss`, mean over valid pixels.
+- ``focal``: :func:`torchvision.ops.sigmoid_focal_loss` per pixel, mean over valid pixels.
   SAM / R3: alpha 0.25, R0: 0.3, R4: 0.8, R1: 0.85 or 0.15; gamma 2.
 - ``dice``: 1 − (2Σpt + s) / (Σp + Σt + s) on sigmoid probabilities; s = 1 (R0, R3), 1e-7 (R4).
 - ``bce``: binary cross-entropy, mean over valid pixels (R2).
@@ -39,13 +39,13 @@ is trained on all K (``iou_head_all=True``; ``False`` trains it on the best one 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import sigmoid_focal_loss
 
 from samtune.train.metrics import confusion_counts
 
@@ -87,18 +87,72 @@ def _restore(per_mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return per_mask[:, 0] if logits.dim() == 3 else per_mask
 
 
-def _pixel_mean(loss: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean of (N, K, P) pixel losses over the valid pixels of each mask -> (N, K)."""
-    if valid is None:
-        return loss.mean(-1)
-    return (loss * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+class _Pixels:
+    """Prepared logits, targets and valid pixels of one loss call, with the per-pixel
+    quantities the mask terms share (probabilities, cross-entropy, masked sums) computed once.
 
+    The loss runs at the input frame (N x 1024 x 1024 for SAM), where every elementwise pass
+    over the pixels costs as much as the decoder: computed per term, as four separate
+    functions would, the terms took 4x the decoder's time on a cached step; shared, one
+    pass each.
+    """
 
-def _masked_probs(
-    x: torch.Tensor, t: torch.Tensor, valid: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    p = x.sigmoid()
-    return (p, t) if valid is None else (p * valid, t * valid)
+    def __init__(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> None:
+        self.x, self.t, self.v = _prepare(logits, targets, valid)
+
+    @functools.cached_property
+    def p(self) -> torch.Tensor:
+        return self.x.sigmoid()
+
+    @functools.cached_property
+    def ce(self) -> torch.Tensor:
+        """Per-pixel binary cross-entropy with logits (N, K, P)."""
+        return F.binary_cross_entropy_with_logits(self.x, self.t.expand_as(self.x), reduction="none")
+
+    @functools.cached_property
+    def valid_count(self) -> torch.Tensor | None:
+        return None if self.v is None else self.v.sum(-1).clamp_min(1.0)
+
+    @functools.cached_property
+    def soft_sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Σpt, Σp, Σt over the valid pixels of each mask, (N, K) each."""
+        p, t = self.p, self.t
+        if self.v is not None:
+            p, t = p * self.v, t * self.v
+        return (p * t).sum(-1), p.sum(-1), t.sum(-1).expand(p.shape[:2])
+
+    def pixel_mean(self, loss: torch.Tensor) -> torch.Tensor:
+        """Mean of (N, K, P) pixel losses over the valid pixels of each mask -> (N, K)."""
+        if self.v is None:
+            return loss.mean(-1)
+        return (loss * self.v).sum(-1) / self.valid_count
+
+    def focal(self, alpha: float | None, gamma: float) -> torch.Tensor:
+        """torchvision's ``sigmoid_focal_loss`` per pixel, for binary targets: 1 − p_t is
+        |p − t|, and alpha_t is alpha on foreground, 1 − alpha on background."""
+        error = (self.p - self.t).abs()
+        modulating = error.square() if gamma == 2 else error.pow(gamma)
+        pixel = self.ce * modulating
+        if alpha is not None and alpha >= 0:
+            pixel = pixel * (self.t * (2 * alpha - 1) + (1 - alpha))
+        return self.pixel_mean(pixel)
+
+    def bce(self) -> torch.Tensor:
+        return self.pixel_mean(self.ce)
+
+    def dice(self, smooth: float) -> torch.Tensor:
+        inter, p_sum, t_sum = self.soft_sums
+        den = p_sum + t_sum + smooth
+        ratio = (2 * inter + smooth) / den.clamp_min(1e-12)
+        return torch.where(den > 0, 1 - ratio, torch.zeros_like(ratio))
+
+    def soft_iou(self, smooth: float, tanh_scale: float | None) -> torch.Tensor:
+        inter, p_sum, t_sum = self.soft_sums
+        union = p_sum + t_sum - inter + smooth
+        soft_iou = torch.where(union > 0, (inter + smooth) / union.clamp_min(1e-12), torch.ones_like(union))
+        if tanh_scale is not None:
+            soft_iou = torch.tanh(tanh_scale * soft_iou)
+        return 1 - soft_iou
 
 
 def focal_loss(
@@ -108,19 +162,16 @@ def focal_loss(
     alpha: float | None = 0.25,
     gamma: float = 2.0,
 ) -> torch.Tensor:
-    """Sigmoid focal loss per mask, mean over valid pixels; ``alpha=None`` disables weighting."""
-    x, t, v = _prepare(logits, targets, valid)
-    pixel = sigmoid_focal_loss(x, t.expand_as(x), alpha=-1 if alpha is None else alpha, gamma=gamma)
-    return _restore(_pixel_mean(pixel, v), logits)
+    """Sigmoid focal loss per mask (:func:`torchvision.ops.sigmoid_focal_loss` per pixel),
+    mean over valid pixels; ``alpha=None`` disables weighting."""
+    return _restore(_Pixels(logits, targets, valid).focal(alpha, gamma), logits)
 
 
 def bce_loss(
     logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Binary cross-entropy per mask, mean over valid pixels."""
-    x, t, v = _prepare(logits, targets, valid)
-    pixel = F.binary_cross_entropy_with_logits(x, t.expand_as(x), reduction="none")
-    return _restore(_pixel_mean(pixel, v), logits)
+    return _restore(_Pixels(logits, targets, valid).bce(), logits)
 
 
 def dice_loss(
@@ -130,12 +181,7 @@ def dice_loss(
     smooth: float = 1.0,
 ) -> torch.Tensor:
     """1 − (2Σpt + s)/(Σp + Σt + s) per mask on probabilities; 0 where the denominator is 0."""
-    x, t, v = _prepare(logits, targets, valid)
-    p, t = _masked_probs(x, t, v)
-    inter = (p * t).sum(-1)
-    den = p.sum(-1) + t.sum(-1) + smooth
-    ratio = (2 * inter + smooth) / den.clamp_min(1e-12)
-    return _restore(torch.where(den > 0, 1 - ratio, torch.zeros_like(ratio)), logits)
+    return _restore(_Pixels(logits, targets, valid).dice(smooth), logits)
 
 
 def soft_iou_loss(
@@ -150,16 +196,7 @@ def soft_iou_loss(
     ``tanh_scale=c`` gives 1 − tanh(c·softIoU) (R0 uses c = 3 on hard masks, without gradient).
     Where the soft union is 0 (both empty), softIoU counts as 1 and the loss is at its minimum.
     """
-    x, t, v = _prepare(logits, targets, valid)
-    p, t = _masked_probs(x, t, v)
-    inter = (p * t).sum(-1)
-    union = p.sum(-1) + t.sum(-1) - inter + smooth
-    soft_iou = torch.where(
-        union > 0, (inter + smooth) / union.clamp_min(1e-12), torch.ones_like(union)
-    )
-    if tanh_scale is not None:
-        soft_iou = torch.tanh(tanh_scale * soft_iou)
-    return _restore(1 - soft_iou, logits)
+    return _restore(_Pixels(logits, targets, valid).soft_iou(smooth, tanh_scale), logits)
 
 
 def actual_iou(
@@ -248,14 +285,14 @@ class SegmentationLoss(nn.Module):
     def mask_terms(
         self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Per-candidate values (N, K) of the mask terms named in ``weights``."""
+        """Per-candidate values (N, K) of the mask terms named in ``weights`` (logits
+        (N, K, H, W)), sharing their per-pixel work."""
+        pixels = _Pixels(logits, targets, valid)
         fns = {
-            "focal": lambda: focal_loss(logits, targets, valid, self.focal_alpha, self.focal_gamma),
-            "dice": lambda: dice_loss(logits, targets, valid, self.dice_smooth),
-            "bce": lambda: bce_loss(logits, targets, valid),
-            "iou": lambda: soft_iou_loss(
-                logits, targets, valid, self.iou_smooth, self.iou_tanh_scale
-            ),
+            "focal": lambda: pixels.focal(self.focal_alpha, self.focal_gamma),
+            "dice": lambda: pixels.dice(self.dice_smooth),
+            "bce": pixels.bce,
+            "iou": lambda: pixels.soft_iou(self.iou_smooth, self.iou_tanh_scale),
         }
         return {name: fns[name]() for name in MASK_TERMS if name in self.weights}
 
