@@ -15,6 +15,7 @@ peak memory, and writes bench/results/train_step-<device>.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import activation_mib, images_per_s, peak_gib
 
 from samtune.config import build_run_config
 from samtune.data.batch import Collator, Item
@@ -74,12 +76,119 @@ def reference_step(module: FineTuneModule, batch, optimizer) -> torch.Tensor:
     return loss.detach()
 
 
-def samtune_step(module: FineTuneModule, batch, optimizer) -> torch.Tensor:
-    loss = module._step(batch, "train")[0]
+def official_loss(module: FineTuneModule, batch, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """The official code's forward: the official encoder on the batch (or ``embeddings``
+    computed before, as the precomputed-embedding scripts do), then per image the official
+    prompt encoder and mask decoder with all of that image's boxes (the official decoder takes
+    one image per call), and the same loss as samtune's on all objects at once."""
+    model = module.adapter.model
+    (objects, prompts), = batch.prompt_groups  # make_batch: box prompts only, one group
+    if embeddings is None:
+        with torch.set_grad_enabled(module.encoder_trainable):
+            embeddings = model.image_encoder(batch.images)
+    low, iou, order = [], [], []
+    for b in range(len(batch)):
+        rows = (prompts.image_index == b).nonzero().flatten()
+        sparse, dense = model.prompt_encoder(points=None, boxes=prompts.boxes[rows], masks=None)
+        image_low, image_iou = model.mask_decoder(
+            image_embeddings=embeddings[b : b + 1], image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        low.append(image_low)
+        iou.append(image_iou)
+        order.append(objects[rows])
+    index = torch.cat(order).argsort()  # back to batch order, where the targets are
+    logits = module.upsample(torch.cat(low)[index])
+    return module.loss(logits, batch.targets, torch.cat(iou)[index], valid=module.valid_mask(batch)).total
+
+
+def samtune_loss(module: FineTuneModule, batch) -> torch.Tensor:
+    return module._step(batch, "train")[0]
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> torch.Tensor:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def samtune_step(module: FineTuneModule, batch, optimizer) -> torch.Tensor:
+    return optimizer_step(samtune_loss(module, batch), optimizer)
+
+
+#: what each compared setup trains, as config overrides both sides share
+SETUPS = {
+    "decoder only, cached embeddings": ["model.freeze=[image_encoder, prompt_encoder]"],
+    "LoRA on the encoder": ["model.freeze=[image_encoder, prompt_encoder]",
+                            "model.lora={targets: [image_encoder], rank: 8, alpha: 16}"],
+    "full fine-tune": ["model.freeze=[]"],
+}
+
+
+def compare_setup(setup: str, model: str, device: str, images: int, objects: int, size: tuple[int, int],
+                  precision: str, steps: int, warmup: int, compile: bool = False) -> dict:
+    """One setup's step, the official code's against samtune's, same model, batch, loss,
+    optimizer and precision. samtune runs its defaults (fused attention, batched decoder, the
+    embedding cache kept on the device) plus encoder gradient checkpointing for the full
+    fine-tune, and ``torch.compile`` when asked. The sides run one after the other, each
+    alone on the device, so CUDA peak memory is that side's alone (weights, gradients,
+    optimizer state, cache and activations). The CPU has no peak counter: there memory is the
+    activations the forward keeps for backward (:func:`common.activation_mib`)."""
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def autocast():
+        return torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+
+    overrides = [f"model.name={model}", *SETUPS[setup]]
+    ours_overrides = overrides + ["train.gradient_checkpointing=true"] * (setup == "full fine-tune")
+    ours_overrides += ["train.compile=true"] * compile
+    sides = {"official": overrides + ["train.fused_attention=false"], "samtune": ours_overrides}
+    out: dict = {"setup": setup, "model": model, "images": images, "objects": objects,
+                 "samtune_options": ours_overrides[len(overrides):]}
+    for side, side_overrides in sides.items():
+        module = FineTuneModule(build_run_config(None, side_overrides)).to(device).train()
+        batch = make_batch(module, images, objects, size, seed=0).to(device)
+        optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
+        cached = setup.endswith("cached embeddings")
+        with tempfile.TemporaryDirectory() as cache_dir:
+            if side == "official":
+                embeddings = None
+                if cached:
+                    with torch.no_grad(), autocast():
+                        embeddings = module.adapter.model.image_encoder(batch.images).float()
+
+                def loss(module=module, batch=batch, embeddings=embeddings):
+                    return official_loss(module, batch, embeddings)
+            else:
+                if cached:
+                    module.cache = EmbeddingCache(Path(cache_dir), model_key(module.adapter),
+                                                  preprocess_key(module.adapter), memory_items=images,
+                                                  memory_device=device)
+
+                def loss(module=module, batch=batch):
+                    return samtune_loss(module, batch)
+
+            def step(loss=loss, optimizer=optimizer):
+                with autocast():
+                    value = loss()
+                return optimizer_step(value, optimizer)
+
+            row = {"images_per_s": images_per_s({side: step}, images, steps, warmup, device)[side]}
+            if device.startswith("cuda"):
+                row["peak_gib"] = peak_gib(step, device)
+            else:
+                with autocast():
+                    row["activation_mib"] = activation_mib(module.adapter, loss)
+            module.cache = None
+        out[side] = row
+        del module, batch, optimizer
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    memory = "peak_gib" if device.startswith("cuda") else "activation_mib"
+    out["speed_ratio"] = out["samtune"]["images_per_s"] / out["official"]["images_per_s"]
+    out["memory_ratio"] = out["samtune"][memory] / out["official"][memory]
+    return out
 
 
 def timed(step, module, batch, optimizer, steps: int, warmup: int, device: str, autocast) -> dict:
