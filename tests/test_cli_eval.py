@@ -98,3 +98,19 @@ def test_errors_are_one_line(tmp_path, dataset, case, message):
     }[case]
     one_error_line(runner.invoke(app, ["eval", *args]), message)
     assert not (run / "eval").exists() and not (tmp_path / "out").exists()
+
+
+def test_eval_in_bf16_says_so_in_the_report(tmp_path, dataset):
+    run = make_run(tmp_path, dataset)
+    metrics = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"eval_{precision}"
+        result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "box", "--max-images", "2",
+                                     "--precision", precision, "--output", str(out)])
+        assert result.exit_code == 0, result.output
+        metrics[precision] = json.loads((out / "metrics.json").read_text())
+        assert metrics[precision]["info"]["precision"] == precision
+        assert f"cpu, {precision}" in (out / "report.md").read_text()
+    for model in ("tuned", "base"):
+        fp32, bf16 = (metrics[p]["models"][model]["box"]["mask"]["iou"] for p in ("fp32", "bf16"))
+        assert abs(fp32 - bf16) < 0.05, (model, fp32, bf16)

@@ -166,3 +166,36 @@ def test_a_bad_prompt_on_a_later_image_writes_nothing(tmp_path):
 def test_missing_input(tmp_path):
     result = runner.invoke(app, ["predict", str(tmp_path / "none.png"), "--model", "sam_tiny", "--box", "1,1,5,5"])
     assert result.exit_code == 1 and "none.png: no such image file or folder" in result.output
+
+
+def test_precision_bf16_and_fused_fp32_match_the_official_path(image_file, tmp_path):
+    """fp32 predictions (fused attention) equal the official-attention predictor's; bf16 runs
+    the same prompts under autocast and stays close; anything else is refused."""
+    import torch
+
+    from samtune import load_model
+    from samtune.infer.predictor import Predictor
+
+    weights = tmp_path / "sam_tiny.pth"  # one random init for the CLI runs and the reference
+    torch.save(load_model("sam_tiny").model.state_dict(), weights)
+    boxes = [[5, 5, 40, 30], [30, 20, 79, 59]]
+    masks = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["predict", str(image_file), "--model", "sam_tiny", "--checkpoint", str(weights),
+                "--output", str(out), "--precision", precision]
+        for b in boxes:
+            args += ["--box", ",".join(map(str, b))]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        masks[precision] = coco_masks(out / "predictions.json")[1]
+    predictor = Predictor(load_model("sam_tiny", checkpoint=weights))
+    predictor.set_image(np.asarray(Image.open(image_file).convert("RGB")))
+    for i, b in enumerate(boxes):
+        official, _, _ = predictor.predict(box=np.array(b), multimask_output=False)
+        np.testing.assert_array_equal(masks["fp32"][i], official[0])
+        union = (masks["bf16"][i] | official[0]).sum()
+        assert (masks["bf16"][i] & official[0]).sum() / max(union, 1) >= 0.9
+    bad = runner.invoke(app, ["predict", str(image_file), "--model", "sam_tiny", "--box", "1,1,9,9",
+                              "--precision", "fp16"])
+    assert bad.exit_code == 2 and "fp16" in bad.output

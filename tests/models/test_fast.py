@@ -23,6 +23,7 @@ from samtune.models.fast import (
     enable_gradient_checkpointing,
     encoder_blocks,
     fused_attention_count,
+    inference_options,
     saved_tensor_bytes,
 )
 from samtune.models.lora import add_lora
@@ -317,3 +318,16 @@ def test_compiled_model_matches_eager(name):
     prompts_one = prompts.select(torch.tensor([2]))  # another object count: recompiles, still right
     ours = forward(fast, images, prompts_one)["low"]
     torch.testing.assert_close(ours, forward(official, images, prompts_one)["low"], atol=1e-4, rtol=0)
+
+
+def test_inference_options_fuse_and_autocast_only_inside_the_block():
+    adapter = load_model("sam_tiny").eval()
+    images = torch.randn(1, 3, adapter.image_size, adapter.image_size)
+    with inference_options(adapter, "bf16") as fast:
+        assert fused_attention_count(fast) == SWITCHED["sam_tiny"]
+        assert "encode" in fast.__dict__  # the autocast wrapper
+        assert fast.encode(images).image_embed.dtype == torch.float32
+    assert "encode" not in adapter.__dict__
+    with pytest.raises(ValueError, match="fp32' or 'bf16"):
+        with inference_options(adapter, "fp16"):
+            pass

@@ -223,7 +223,8 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path],
     lines = [f"# Evaluation: {info['model']} vs base {info['base']}", "",
              (f"- data: {info['data']} (split {info['split']}, {info['n_images']} images, "
               f"{info['n_objects']} objects)"),
-             f"- date: {info['date']}; device: {info['device']}; seed: {info['seed']}", ""]
+             (f"- date: {info['date']}; device: {info['device']}, {info.get('precision', 'fp32')}; "
+              f"seed: {info['seed']}"), ""]
     worse = warning_line(metrics.get("warnings", []))
     if worse:
         lines += [f"> **Warning:** {worse}.", ""]

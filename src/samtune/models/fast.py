@@ -193,6 +193,18 @@ def autocast_inference(
                 adapter.__dict__[name] = value
 
 
+@contextlib.contextmanager
+def inference_options(adapter: Adapter, precision: str = "fp32") -> Iterator[Adapter]:
+    """What ``samtune predict`` and ``samtune eval`` run inference with: fused attention
+    (the official fp32 output within 1e-6, so always on) and, for ``precision="bf16"``,
+    :func:`autocast_inference` (masks IoU >= 0.99 of fp32 in the parity tests)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    enable_fused_attention(adapter)
+    with autocast_inference(adapter, enabled=precision == "bf16"):
+        yield adapter
+
+
 # --- torch.compile ----------------------------------------------------------------------
 
 
