@@ -8,6 +8,11 @@ one call per prompt shape, and with the embedding cache skips the encoder entire
 Same model, same data, same loss, same device, one process. Prints images/s, the ratios and
 peak memory, and writes bench/results/train_step-<device>.json.
 
+``compare_setup`` (what ``bench/table.py`` runs) compares samtune's step with the official
+code's step (``official_loss``: the official encoder, then the official decoder once per
+image with all its boxes) for decoder-only training on cached embeddings, LoRA on the
+encoder, and the full fine-tune.
+
     .venv/bin/python bench/train_step.py                       # CPU: sam_tiny, ratios
     .venv/bin/python bench/train_step.py --model sam_vit_b --device cuda --precision bf16
 """
@@ -164,6 +169,8 @@ def compare_setup(setup: str, model: str, device: str, images: int, objects: int
                     module.cache = EmbeddingCache(Path(cache_dir), model_key(module.adapter),
                                                   preprocess_key(module.adapter), memory_items=images,
                                                   memory_device=device)
+                    with torch.no_grad(), autocast():  # filled before timing, as a run does
+                        module.features(batch)
 
                 def loss(module=module, batch=batch):
                     return samtune_loss(module, batch)
