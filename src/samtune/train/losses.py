@@ -92,9 +92,9 @@ class _Pixels:
     quantities the mask terms share (probabilities, cross-entropy, masked sums) computed once.
 
     The loss runs at the input frame (N x 1024 x 1024 for SAM), where every elementwise pass
-    over the pixels costs as much as the decoder: computed per term, as four separate
-    functions would, the terms took 4x the decoder's time on a cached step; shared, one
-    pass each.
+    over the pixels costs about as much as the decoder: computed term by term, the loss took
+    97 ms against the decoder's 22 ms on a sam_tiny cached step (16 masks, 1 CPU thread);
+    sharing the work brought it to 35 ms with the same values.
     """
 
     def __init__(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> None:
