@@ -3,6 +3,7 @@ that means the same thing on CPU and GPU, and the device's own peak."""
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
@@ -38,6 +39,12 @@ def images_per_s(fns: dict[str, Callable[[], object]], batch: int, repeats: int,
             synchronize(device)
             times[label].append(time.perf_counter() - start)
     return {label: batch / statistics.median(t) for label, t in times.items()}
+
+
+def precision_autocast(device: str, precision: str) -> Callable[[], torch.autocast]:
+    """A function returning a fresh autocast context: bf16 for ``precision="bf16"``, off for fp32."""
+    return functools.partial(torch.autocast, device.split(":")[0], dtype=torch.bfloat16,
+                             enabled=precision == "bf16")
 
 
 def peak_gib(fn: Callable[[], object], device: str) -> float:

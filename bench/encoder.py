@@ -22,12 +22,11 @@ Prints a table and writes bench/results/encoder_<device>[_bf16].json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 from pathlib import Path
 
 import torch
-from common import activation_mib, device_name, images_per_s
+from common import activation_mib, device_name, images_per_s, precision_autocast
 from torch.utils.flop_counter import FlopCounterMode
 
 from samtune.files import write_json
@@ -181,12 +180,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(args.device.split(":")[0], dtype=dtype)
+    autocast = precision_autocast(args.device, args.precision)
 
     if args.threads:
         torch.set_num_threads(args.threads)

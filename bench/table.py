@@ -27,7 +27,6 @@ and the run goes on. Writes bench/results/table_<device>.json and .md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import traceback
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import amg
 import encoder
 import torch
 import train_step
-from common import device_name, matmul_peak_tflops
+from common import device_name, matmul_peak_tflops, precision_autocast
 
 from samtune import AutomaticMaskGenerator, load_model
 from samtune.data.synthetic import make_scene
@@ -66,13 +65,7 @@ def encoder_rows(args, peak: float) -> dict:
     settings = argparse.Namespace(device=args.device, batch=args.encoder_batch, compile=args.compile,
                                   compile_mode=args.compile_mode, repeats=args.repeats, warmup=args.warmup,
                                   peak_tflops=peak)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(args.device.split(":")[0], dtype=dtype)
-
+    autocast = precision_autocast(args.device, args.precision)
     return {name: guarded(f"encoder {name}", lambda name=name: encoder.inference_block(name, settings, autocast))
             for name in args.encoders.split(",")}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import activation_mib, images_per_s, peak_gib
+from common import activation_mib, images_per_s, peak_gib, precision_autocast
 
 from samtune.config import build_run_config
 from samtune.data.batch import Collator, Item
@@ -139,10 +139,7 @@ def compare_setup(setup: str, model: str, device: str, images: int, objects: int
     alone on the device, so CUDA peak memory is that side's alone (weights, gradients,
     optimizer state, cache and activations). The CPU has no peak counter: there memory is the
     activations the forward keeps for backward (:func:`common.activation_mib`)."""
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def autocast():
-        return torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+    autocast = precision_autocast(device, precision)
 
     overrides = [f"model.name={model}", *SETUPS[setup]]
     ours_overrides = overrides + ["train.gradient_checkpointing=true"] * (setup == "full fine-tune")
@@ -237,10 +234,7 @@ def main() -> None:
     batch = make_batch(module, args.images, args.objects, tuple(args.size), seed=0).to(args.device)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
     official_optimizer = torch.optim.AdamW([p for p in official.parameters() if p.requires_grad], lr=1e-5)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
-
-    def autocast():
-        return torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=dtype is not None)
+    autocast = precision_autocast(args.device, args.precision)
 
     results = {
         "reference loop (per image, per object)": timed(reference_step, official, batch, official_optimizer,

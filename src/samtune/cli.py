@@ -54,8 +54,11 @@ PredIouThresh = Annotated[Optional[float], typer.Option(
     help="Automatic masks: drop masks whose predicted IoU is below this (family default).")]
 StabilityScoreThresh = Annotated[Optional[float], typer.Option(
     help="Automatic masks: drop masks less stable than this (default 0.95).")]
-# Inference precision shared by `predict` and `eval`.
+
+
 class PrecisionChoice(str, Enum):
+    """Inference precision of `predict` and `eval`."""
+
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -279,8 +282,7 @@ def eval_command(
     models = resolve_models(model, base, base_checkpoint, device)
     dataset, described, used_split = given or resolve_data(None, split, models.run_config)
     info = {"model": models.tuned_label, "base": models.base_label, "data": described,
-            "split": used_split}
-    info["precision"] = precision.value
+            "split": used_split, "precision": precision.value}
     with inference_options(models.tuned, precision.value), inference_options(models.base, precision.value):
         run_eval(models.tuned, models.base, dataset, output or models.run_dir / "eval", settings,
                  info, console=console)

@@ -36,7 +36,6 @@ from samtune.infer.mask_ops import (
     crop_boxes,
     fill_holes_and_sprinkles,
     layer_point_grids,
-    mask_areas,
     mask_boxes,
     near_crop_edge,
     remove_small_regions,
@@ -45,6 +44,7 @@ from samtune.infer.mask_ops import (
 )
 from samtune.infer.rle import encode_coco_rles, masks_to_uncompressed_rles
 from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
+from samtune.train.metrics import mask_areas
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 

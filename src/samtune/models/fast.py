@@ -196,8 +196,9 @@ def autocast_inference(
 @contextlib.contextmanager
 def inference_options(adapter: Adapter, precision: str = "fp32") -> Iterator[Adapter]:
     """What ``samtune predict`` and ``samtune eval`` run inference with: fused attention
-    (the official fp32 output within 1e-6, so always on) and, for ``precision="bf16"``,
-    :func:`autocast_inference` (masks IoU >= 0.99 of fp32 in the parity tests)."""
+    (the official fp32 output within 1e-6, so always on, and left on after the block) and,
+    for ``precision="bf16"``, :func:`autocast_inference` inside the block (masks IoU >= 0.99
+    of fp32 in the parity tests)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     enable_fused_attention(adapter)
