@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -32,6 +33,15 @@ def test_every_kind_draws_a_shape():
         assert syn.shape_mask(rng, kind, (48, 48)).sum() > 10
     cable = syn.make_scene(1, n_objects=(1, 1), kinds=["cable"])
     assert cable.category_ids == [4]
+
+
+def test_a_ring_has_a_hole_that_shows_the_background():
+    ring = syn.shape_mask(np.random.default_rng(3), "ring", (96, 96))
+    filled = cv2.floodFill(ring.astype(np.uint8), None, (0, 0), 1)[1]  # fill from outside
+    hole = filled == 0
+    assert ring.sum() > 50 and hole.sum() > 20  # an enclosed hole of background
+    scene = syn.make_scene(2, size=(96, 96), n_objects=(1, 1), kinds=["ring"])
+    assert scene.category_ids == [5] and syn.CATEGORIES[5] == "ring"
 
 
 def test_splits_have_distinct_names():

