@@ -4,7 +4,7 @@ from samtune import SamtuneError, get_spec, list_models
 from samtune.models.load import build_without_weights
 
 EXPECTED = {
-    "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "mobile_sam",
+    "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam", "mobile_sam", "litemedsam",
     *(f"sam2_hiera_{s}" for s in ("t", "s", "b+", "l")),
     *(f"sam2.1_hiera_{s}" for s in ("t", "s", "b+", "l")),
     "sam_tiny", "mobile_sam_tiny", "sam2_tiny",
@@ -18,7 +18,7 @@ def test_every_design_name_is_registered():
 def test_specs_carry_files_urls_and_checksums():
     for spec in list_models(include_tiny=False):
         assert spec.filename, spec.name
-        assert spec.url or spec.download_page, spec.name
+        assert spec.url or spec.download_page or spec.package_asset, spec.name
         if spec.url:
             assert spec.url.startswith("https://") and spec.url.endswith(spec.filename), spec.name
     assert get_spec("sam_vit_b").sha256.startswith("ec2df627")
