@@ -216,25 +216,48 @@ def data_check_command(
         raise typer.Exit(1)
 
 
+class ExportFormat(str, Enum):
+    official = "official"
+    hf = "hf"
+    onnx = "onnx"
+
+
 @app.command("export")
 @user_errors
 def export_command(
     run: Annotated[Path, typer.Argument(help="Run folder (runs/<name>).")],
     checkpoint: Annotated[Optional[str], typer.Option(
         help="best, last, or a .ckpt file. Default: best, else last (a run without validation).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Output folder. Default: RUN/export.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        help="Output folder. Default: RUN/export (official), RUN/export/hf, RUN/export/onnx.")] = None,
+    format: Annotated[Optional[list[ExportFormat]], typer.Option(
+        "--format", help="official (default), hf (transformers SamModel / Sam2Model folder), "
+        "onnx (encoder.onnx + decoder.onnx for onnxruntime); repeat for several.")] = None,
 ) -> None:
     """Write the fine-tuned model as model.pth (official format, LoRA merged: loads in the
     official builders), trained.safetensors (only the trained tensors, for load_model(...,
-    delta=)) and manifest.json."""
+    delta=)) and manifest.json; --format hf or onnx writes the same weights for transformers
+    or onnxruntime."""
     from samtune.train.export import export_run
+    from samtune.train.export_formats import export_run_format
 
-    result = export_run(run, checkpoint=checkpoint, output=output)
-    console.print(f"exported {result.checkpoint} (step {result.step}) -> {result.output}", highlight=False)
-    console.print(f"  {result.model.name}: whole model, official format", highlight=False)
-    console.print(f"  {result.delta.name}: {result.delta_tensors} trained tensors "
-                  f"({result.delta_numel / 1e6:.2f}M values)", highlight=False)
-    console.print(f"  {result.manifest.name}: base, checksum, config, metrics", highlight=False)
+    formats = [f.value for f in format] if format else ["official"]
+    if output is not None and len(formats) > 1:
+        raise SamtuneError("--output goes with one --format; give each format its own run")
+    for fmt in dict.fromkeys(formats):
+        if fmt != "official":
+            done = export_run_format(run, fmt, checkpoint=checkpoint, output=output)
+            console.print(f"exported {done.checkpoint} (step {done.step}) as {fmt} -> {done.output}",
+                          highlight=False)
+            for path in done.files:
+                console.print(f"  {path.name}", highlight=False)
+            continue
+        result = export_run(run, checkpoint=checkpoint, output=output)
+        console.print(f"exported {result.checkpoint} (step {result.step}) -> {result.output}", highlight=False)
+        console.print(f"  {result.model.name}: whole model, official format", highlight=False)
+        console.print(f"  {result.delta.name}: {result.delta_tensors} trained tensors "
+                      f"({result.delta_numel / 1e6:.2f}M values)", highlight=False)
+        console.print(f"  {result.manifest.name}: base, checksum, config, metrics", highlight=False)
 
 
 @app.command("eval")

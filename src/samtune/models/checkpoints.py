@@ -202,9 +202,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of an official or samtune checkpoint, with ``module.``-style prefixes removed.
 
     Accepts raw state dicts (SAM, MedSAM, MobileSAM), SAM 2's ``{"model": ...}``, Lightning's
-    ``{"state_dict": ...}`` and safetensors files.
+    ``{"state_dict": ...}``, safetensors files, and transformers' SAM / SAM 2 layout (a folder
+    with ``config.json`` + ``model.safetensors``, or that file), mapped to the official names.
     """
+    from samtune.models import hf
+
     path = Path(path)
+    if hf.is_hf_folder(path):
+        path = hf.hf_weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
@@ -224,7 +229,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from e
         except (RuntimeError, EOFError, OSError) as e:
             raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated ({e})") from e
-    return _unwrap(obj, path)
+    sd = _unwrap(obj, path)
+    return hf.hf_to_official(sd, str(path)) if hf.is_hf_state_dict(sd) else sd
 
 
 #: Where samtune's own Lightning checkpoints keep the official module's tensors.

@@ -29,6 +29,12 @@ from samtune.models.checkpoints import (
     read_state_dict,
     tensor_checksum,
 )
+from samtune.models.hf import (
+    SAM2_MEMORY_PREFIXES,
+    complete_sam2_memory,
+    image_path_only,
+    is_hf_folder,
+)
 from samtune.models.lora import add_lora, is_lora_tensor, merge_lora, official_name
 from samtune.models.litemedsam import LiteMedSamAdapter, build_litemedsam
 from samtune.models.registry import ModelSpec, UnknownModelError, get_spec, list_models
@@ -136,7 +142,7 @@ def _load_path(path: Path, checkpoint, delta) -> Adapter:
     if checkpoint is not None:
         raise SamtuneError(f"{path} is a run folder or checkpoint file itself; checkpoint= goes "
                            "only with a model name")
-    if path.is_dir():
+    if path.is_dir() and not is_hf_folder(path):
         if delta is not None:
             raise SamtuneError(f"{path}: delta= goes with a model name or a base weights file, "
                                "not a run folder")
@@ -271,6 +277,8 @@ def apply_delta(adapter: Adapter, delta: Delta, source: str) -> None:
 def apply_state_dict(adapter: Adapter, sd: dict[str, torch.Tensor], source: str) -> None:
     """Load ``sd`` into ``adapter.model`` or raise naming every mismatch."""
     expected = adapter.model.state_dict()
+    if adapter.spec.family == "sam2":
+        sd = complete_sam2_memory(expected, sd, source)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong_shape = [
@@ -297,14 +305,22 @@ def _mismatch_message(spec, sd, source, missing, unexpected, wrong_shape) -> str
 def identify(sd: dict[str, torch.Tensor]) -> ModelSpec | None:
     """The registered model whose parameter names and shapes equal the file's, if any.
 
-    MedSAM has sam_vit_b's layout, so a MedSAM file identifies as ``sam_vit_b``.
+    MedSAM has sam_vit_b's layout, so a MedSAM file identifies as ``sam_vit_b``. A SAM 2
+    file without the memory modules (transformers' ``Sam2Model``) is matched on its image path,
+    which SAM 2 and 2.1 share: it identifies as the 2.1 model.
     """
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     size = sum(v.numel() for v in sd.values())
     candidates = [s for s in list_models(family=guess_family(sd) or "none") if s.name != "medsam"]
+    partial = image_path_only(sd)
+    if partial:
+        candidates = [s for s in candidates if not s.name.startswith("sam2_hiera")]
     # Closest parameter count first: usually the first candidate built is the match.
     for spec in sorted(candidates, key=lambda s: abs(s.params - size)):
-        if _shapes(spec.name) == shapes:
+        expected = _shapes(spec.name)
+        if partial:
+            expected = {k: v for k, v in expected.items() if not k.startswith(SAM2_MEMORY_PREFIXES)}
+        if expected == shapes:
             return spec
     return None
 

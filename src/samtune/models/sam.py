@@ -186,6 +186,21 @@ def _decode_sam_batched(
     here each object already carries its own image's embedding, so objects from several
     images go through the decoder's own submodules in one call. Same operations otherwise.
     """
+    masks, iou_pred = decode_sam_tokens(decoder, image_embeddings, image_pe, sparse, dense)
+    keep = slice(1, None) if multimask_output else slice(0, 1)
+    return masks[:, keep], iou_pred[:, keep]
+
+
+def decode_sam_tokens(
+    decoder: nn.Module,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every mask token's logits and IoU (token 0: single mask, 1-3: multimask), one image
+    embedding row per object (what :func:`_decode_sam_batched` selects from, and the ONNX
+    decoder returns whole)."""
     n = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
@@ -202,6 +217,4 @@ def _decode_sam_batched(
     )
     b, c, h, w = upscaled.shape
     masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)
-    keep = slice(1, None) if multimask_output else slice(0, 1)
-    return masks[:, keep], iou_pred[:, keep]
+    return masks, decoder.iou_prediction_head(iou_token_out)

@@ -1,0 +1,125 @@
+"""ONNX export parity: onnxruntime on ``encoder.onnx`` + ``decoder.onnx`` against samtune's
+PyTorch adapter, for every family, with dynamic numbers of objects and points."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from samtune.models.adapter import Prompts
+from samtune.models.load import load_base_model
+from samtune.models.onnx_export import export_onnx
+
+ort = pytest.importorskip("onnxruntime")
+
+IMAGE = np.random.default_rng(1).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+FAMILIES = ["sam_tiny", "mobile_sam_tiny", "sam2_tiny"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            adapter = load_base_model(name, seed=5)
+            paths = export_onnx(adapter, tmp_path_factory.mktemp(name))
+            made[name] = (adapter, [ort.InferenceSession(str(p)) for p in paths[:2]], paths)
+        return made[name]
+
+    return get
+
+
+def _onnx_prompts(adapter, boxes, points, labels):
+    """samtune prompts -> segment-anything's ONNX point_coords / point_labels: points, then
+    box corners (labels 2, 3); the padding point where the family's prompt encoder pads."""
+    coords, codes = [], []
+    if points is not None:
+        coords.append(points)
+        codes.append(labels.float())
+    if boxes is not None:
+        coords.append(boxes.reshape(-1, 2, 2))
+        codes.append(torch.tensor([[2.0, 3.0]]).expand(len(boxes), 2))
+    if boxes is None or adapter.spec.family == "sam2":
+        n = len(coords[0])
+        coords.append(torch.zeros(n, 1, 2))
+        codes.append(-torch.ones(n, 1))
+    return torch.cat(coords, 1).numpy(), torch.cat(codes, 1).numpy()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_onnx_encoder_and_decoder_match_pytorch(exported, name):
+    adapter, (encoder, decoder), paths = exported(name)
+    manifest = json.loads(paths[2].read_text())
+    assert manifest["family"] == adapter.spec.family and manifest["image_size"] == adapter.image_size
+    pre = adapter.preprocess([IMAGE])
+    with torch.no_grad():
+        features = adapter.encode(pre.images)
+    onnx_features = encoder.run(None, {"image": pre.images.numpy()})
+    for ours, theirs in zip((features.image_embed, *features.high_res), onnx_features):
+        np.testing.assert_allclose(theirs, ours.numpy(), atol=1e-4)
+
+    size = IMAGE.shape[:2]
+    rng = np.random.default_rng(2)
+    cases = {  # (boxes, points, labels): several objects, several numbers of points
+        "box": (rng.uniform(0, 170, (3, 2)), None, None),
+        "points": (None, rng.uniform(0, 170, (2, 3, 2)), torch.tensor([[1, 0, 1], [1, 1, 0]])),
+        "box+point": (rng.uniform(0, 170, (4, 2)), rng.uniform(0, 170, (4, 1, 2)), torch.ones(4, 1, dtype=torch.long)),
+    }
+    for case, (corners, points, labels) in cases.items():
+        boxes = None
+        if corners is not None:
+            boxes = adapter.transform_boxes(np.concatenate([corners, corners + 60], 1), size)
+        if points is not None:
+            points = adapter.transform_coords(points, size)
+        n = len(boxes if boxes is not None else points)
+        prompts = Prompts(torch.zeros(n, dtype=torch.long), points, labels, boxes)
+        coords, codes = _onnx_prompts(adapter, boxes, points, labels)
+        masks, iou, low_res = decoder.run(None, {
+            "image_embeddings": onnx_features[0],
+            **{f"high_res_feats_{i}": f for i, f in enumerate(onnx_features[1:])},
+            "point_coords": coords, "point_labels": codes,
+            "mask_input": np.zeros((n, 1, *adapter.mask_input_size), np.float32),
+            "has_mask_input": np.zeros(1, np.float32),
+            "orig_im_size": np.array(size, np.float32),
+        })
+        assert masks.shape == (n, 4, *size) and iou.shape == (n, 4)
+        for multimask, keep in ((False, slice(0, 1)), (True, slice(1, 4))):
+            with torch.no_grad():
+                logits, scores = adapter.decode(features, prompts, multimask)
+                full = adapter.postprocess(logits, pre.input_sizes[0], size)
+            np.testing.assert_allclose(low_res[:, keep], logits.numpy(), atol=1e-3, err_msg=f"{name} {case}")
+            np.testing.assert_allclose(iou[:, keep], scores.numpy(), atol=1e-3, err_msg=f"{name} {case}")
+            np.testing.assert_allclose(masks[:, keep], full.numpy(), atol=1e-3, err_msg=f"{name} {case}")
+            # masks equal; a pixel may flip only where the logit is zero up to float rounding
+            differ = (masks[:, keep] > 0) != (full.numpy() > 0)
+            assert np.all(np.abs(full.numpy()[differ]) < 1e-5), f"{name} {case}"
+            assert differ.mean() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny"])
+def test_onnx_mask_prompt_matches_pytorch(exported, name):
+    """A previous low-res mask as prompt (has_mask_input=1) goes through the same dense path."""
+    adapter, (encoder, decoder), _ = exported(name)
+    pre = adapter.preprocess([IMAGE])
+    with torch.no_grad():
+        features = adapter.encode(pre.images)
+    onnx_features = encoder.run(None, {"image": pre.images.numpy()})
+    points = adapter.transform_coords(np.array([[[60.0, 70.0]], [[150.0, 90.0]]]), IMAGE.shape[:2])
+    labels = torch.ones(2, 1, dtype=torch.long)
+    mask = torch.randn(2, 1, *adapter.mask_input_size) * 5
+    with torch.no_grad():
+        logits, _ = adapter.decode(features, Prompts(torch.zeros(2, dtype=torch.long), points, labels,
+                                                     mask_inputs=mask), False)
+    coords, codes = _onnx_prompts(adapter, None, points, labels)
+    _, _, low_res = decoder.run(None, {
+        "image_embeddings": onnx_features[0],
+        **{f"high_res_feats_{i}": f for i, f in enumerate(onnx_features[1:])},
+        "point_coords": coords, "point_labels": codes, "mask_input": mask.numpy(),
+        "has_mask_input": np.ones(1, np.float32), "orig_im_size": np.array(IMAGE.shape[:2], np.float32),
+    })
+    np.testing.assert_allclose(low_res[:, :1], logits.numpy(), atol=1e-3)
+    assert np.array_equal(low_res[:, :1] > 0, logits.numpy() > 0)
