@@ -123,3 +123,35 @@ def test_onnx_mask_prompt_matches_pytorch(exported, name):
     })
     np.testing.assert_allclose(low_res[:, :1], logits.numpy(), atol=1e-3)
     assert np.array_equal(low_res[:, :1] > 0, logits.numpy() > 0)
+
+
+def _numpy_preprocess(image: np.ndarray, manifest: dict) -> tuple[np.ndarray, float, float]:
+    """The README's preprocessing, numpy + PIL only: (1, 3, S, S) input and the x, y scales."""
+    from PIL import Image
+
+    size, pre = manifest["image_size"], manifest["preprocess"]
+    h, w = image.shape[:2]
+    if manifest["family"] == "sam2":
+        channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32) / 255).resize(
+            (size, size), Image.BILINEAR)) for c in range(3)]
+        x = (np.stack(channels, -1) - pre["mean"]) / pre["std"]
+        return x.transpose(2, 0, 1)[None].astype(np.float32), size / w, size / h
+    scale = size / max(h, w)
+    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    x = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
+    padded = np.zeros((size, size, 3), np.float32)
+    padded[:nh, :nw] = (x - pre["mean"]) / pre["std"]
+    return padded.transpose(2, 0, 1)[None], nw / w, nh / h
+
+
+@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny"])
+def test_the_readme_numpy_preprocessing_matches_samtune(exported, name):
+    adapter, _, paths = exported(name)
+    manifest = json.loads(paths[2].read_text())
+    x, sx, sy = _numpy_preprocess(IMAGE, manifest)
+    ours = adapter.preprocess([IMAGE]).images.numpy()
+    # SAM: the same PIL resize, so equal; SAM 2: PIL's bilinear on float channels against
+    # torch's antialiased bilinear, equal up to float rounding
+    np.testing.assert_allclose(x, ours, atol=1e-5)
+    np.testing.assert_allclose(adapter.transform_coords([[100.0, 50.0]], IMAGE.shape[:2]).numpy(),
+                               [[100 * sx, 50 * sy]], rtol=1e-6)
