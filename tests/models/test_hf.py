@@ -207,3 +207,16 @@ def test_memory_prefixes_cover_every_sam2_key_outside_the_image_path():
     keys = build_without_weights(get_spec("sam2.1_hiera_t")).state_dict()
     image = ("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.", "no_mem_embed")
     assert all(k.startswith(image) != k.startswith(SAM2_MEMORY_PREFIXES) for k in keys)
+
+
+@pytest.mark.parametrize("name, cls", [("sam_tiny", "SamProcessor"), ("sam2_tiny", "Sam2Processor")])
+def test_the_exported_processor_preprocesses_as_samtune(tmp_path, name, cls):
+    adapter = load_base_model(name, seed=0)
+    save_hf(adapter.model, adapter.spec.family, tmp_path / "hf")
+    processor = getattr(transformers, cls).from_pretrained(tmp_path / "hf")
+    pixels = processor(images=IMAGE, return_tensors="pt")["pixel_values"]
+    ours = adapter.preprocess([IMAGE]).images
+    assert pixels.shape == ours.shape
+    # transformers resizes the uint8 image with its own kernel: within one 8-bit level
+    one_level = 1 / 255 / min(processor.image_processor.image_std)
+    assert (pixels - ours).abs().max() <= one_level + 1e-5

@@ -51,6 +51,7 @@ def test_cli_export_hf_and_onnx_load_in_the_other_runtimes(lora_run):
     result = CliRunner().invoke(app, ["export", str(lora_run), "--format", "hf", "--format", "onnx"])
     assert result.exit_code == 0, result.output
     assert "as hf" in result.output and "as onnx" in result.output
+    assert "preprocessor_config.json" in result.output
     ours = load_model(lora_run)
     pixels, box, logits, iou = _box_logits(ours)
 

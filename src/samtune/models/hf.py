@@ -42,6 +42,7 @@ from samtune.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 #: HF keys of the two copies of the prompt encoder's positional matrix.
 _SHARED = ("shared_image_embedding.positional_embedding",
            "prompt_encoder.shared_embedding.positional_embedding")
@@ -387,14 +388,16 @@ def image_path_only(sd: dict[str, torch.Tensor]) -> bool:
             and not any(k.startswith(SAM2_MEMORY_PREFIXES) for k in sd))
 
 
-def save_hf(model: nn.Module, family: str, output: Path) -> tuple[Path, Path]:
+def save_hf(model: nn.Module, family: str, output: Path) -> tuple[Path, Path, Path]:
     """Write ``config.json`` and ``model.safetensors`` for ``SamModel.from_pretrained`` /
-    ``Sam2Model.from_pretrained`` (each file atomically; float32, contiguous copies)."""
+    ``Sam2Model.from_pretrained``, and ``preprocessor_config.json`` for the matching
+    processor (each file atomically; float32, contiguous copies)."""
     from safetensors.torch import save_file
 
     from samtune.files import atomic_path, write_json
 
     config = hf_config(model, family)
+    processor = hf_preprocessor_config(model, family)
     tensors = {k: v.detach().to("cpu").float().contiguous().clone() if v.is_floating_point()
                else v.detach().to("cpu").contiguous().clone()
                for k, v in official_to_hf(model.state_dict(), family).items()}
@@ -402,8 +405,34 @@ def save_hf(model: nn.Module, family: str, output: Path) -> tuple[Path, Path]:
     weights = output / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json(output / PREPROCESSOR_FILE, processor)
     write_json(output / CONFIG_FILE, config)
-    return output / CONFIG_FILE, weights
+    return output / CONFIG_FILE, weights, output / PREPROCESSOR_FILE
+
+
+def hf_preprocessor_config(model: nn.Module, family: str) -> dict:
+    """``preprocessor_config.json`` for ``SamProcessor`` / ``Sam2Processor.from_pretrained``:
+    the family's resize, 0..1 rescale and mean/std at the model's own input size."""
+    common = {"do_convert_rgb": True, "do_resize": True, "resample": 2, "do_rescale": True,
+              "rescale_factor": 1 / 255, "do_normalize": True}
+    if family == "sam":
+        size = model.image_encoder.img_size
+        mask = model.prompt_encoder.mask_input_size[0]
+        return {
+            "image_processor_type": "SamImageProcessor", "processor_class": "SamProcessor", **common,
+            "image_mean": [v / 255 for v in model.pixel_mean.flatten().tolist()],
+            "image_std": [v / 255 for v in model.pixel_std.flatten().tolist()],
+            "size": {"longest_edge": size}, "do_pad": True, "pad_size": {"height": size, "width": size},
+            "mask_size": {"longest_edge": mask}, "mask_pad_size": {"height": mask, "width": mask},
+        }
+    from samtune.models.sam2 import IMAGE_MEAN, IMAGE_STD
+
+    size, mask = model.image_size, model.sam_prompt_encoder.mask_input_size[0]
+    return {
+        "image_processor_type": "Sam2ImageProcessor", "processor_class": "Sam2Processor", **common,
+        "image_mean": list(IMAGE_MEAN), "image_std": list(IMAGE_STD),
+        "size": {"height": size, "width": size}, "mask_size": {"height": mask, "width": mask},
+    }
 
 
 # --- config.json ------------------------------------------------------------------------------

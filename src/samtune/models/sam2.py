@@ -44,8 +44,8 @@ TINY_OVERRIDES = [
     "++model.memory_encoder.fuser.layer.dim=64",
 ]
 
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def hydra_overrides(spec: ModelSpec) -> list[str]:
@@ -94,7 +94,7 @@ class Sam2Adapter(Adapter):
 
     @property
     def preprocessor(self) -> SquareResize:
-        return SquareResize(self.image_size, _MEAN, _STD)
+        return SquareResize(self.image_size, IMAGE_MEAN, IMAGE_STD)
 
     def encode(self, images: torch.Tensor) -> Features:
         model = self.model
