@@ -16,7 +16,8 @@ from samtune.models.onnx_export import export_onnx
 ort = pytest.importorskip("onnxruntime")
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (180, 240, 3), dtype=np.uint8)
-FAMILIES = ["sam_tiny", "mobile_sam_tiny", "sam2_tiny"]
+#: every family; MobileSAM's TinyViT is LiteMedSAM's too, so its tiny variant runs outside CI
+FAMILIES = ["sam_tiny", pytest.param("mobile_sam_tiny", marks=pytest.mark.slow), "sam2_tiny", "litemedsam"]
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +139,19 @@ def _numpy_preprocess(image: np.ndarray, manifest: dict) -> tuple[np.ndarray, fl
         return x.transpose(2, 0, 1)[None].astype(np.float32), size / w, size / h
     scale = size / max(h, w)
     nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
-    x = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
     padded = np.zeros((size, size, 3), np.float32)
+    if manifest["family"] == "litemedsam":
+        import cv2
+
+        x = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float64)
+        padded[:nh, :nw] = (x - x.min()) / max(x.max() - x.min(), 1e-8)
+        return padded.transpose(2, 0, 1)[None], scale, scale
+    x = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32)
     padded[:nh, :nw] = (x - pre["mean"]) / pre["std"]
     return padded.transpose(2, 0, 1)[None], nw / w, nh / h
 
 
-@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny"])
+@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny", "litemedsam"])
 def test_the_readme_numpy_preprocessing_matches_samtune(exported, name):
     adapter, _, paths = exported(name)
     manifest = json.loads(paths[2].read_text())

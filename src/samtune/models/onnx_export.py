@@ -195,7 +195,7 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
 def onnx_manifest(adapter: Adapter, encoder_outputs: list[str], decoder_inputs: list[str]) -> dict:
     """What a runtime without samtune needs: sizes, names, and the preprocessing."""
     pre = adapter.preprocessor
-    sam2 = adapter.spec.family == "sam2"
+    family = adapter.spec.family
     return {
         "format": "samtune-onnx/1",
         "model": adapter.spec.name,
@@ -206,14 +206,28 @@ def onnx_manifest(adapter: Adapter, encoder_outputs: list[str], decoder_inputs: 
         "encoder": {"inputs": ["image"], "outputs": encoder_outputs},
         "decoder": {"inputs": decoder_inputs, "outputs": ["masks", "iou_predictions", "low_res_masks"],
                     "mask_outputs": "0: single mask (multimask_output=False); 1-3: multimask"},
-        "preprocess": {
-            "resize": "square, antialiased bilinear to image_size (aspect not kept)" if sam2 else
-                      "longest side to image_size, PIL bilinear; pad bottom/right with 0 after normalizing",
-            "scale": 1 / 255 if sam2 else 1.0,
-            "mean": list(pre.mean),
-            "std": list(pre.std),
-            "coords": "x * image_size / width, y * image_size / height" if sam2 else
-                      "x, y times image_size / max(height, width)",
-            "padding_point": "always" if sam2 else "when the object has no box",
-        },
+        "preprocess": {"mean": list(pre.mean), "std": list(pre.std), **_PREPROCESS[family]},
     }
+
+
+#: How each family's image and prompts reach the model (the numpy recipe is in the README).
+_PREPROCESS = {
+    "sam": {
+        "resize": "longest side to image_size, PIL bilinear on uint8",
+        "scale": "none: mean/std on the 0..255 scale", "pad": "bottom/right with 0 after normalizing",
+        "coords": "x, y times new_size / old_size of the resize", "padding_point": "when the object has no box",
+    },
+    "sam2": {
+        "resize": "square image_size x image_size, bilinear with antialiasing (aspect not kept)",
+        "scale": "1/255 before the resize", "pad": "none",
+        "coords": "x * image_size / width, y * image_size / height", "padding_point": "always",
+    },
+    "litemedsam": {
+        "resize": "longest side to image_size, cv2.INTER_AREA on uint8",
+        "scale": "(x - min) / (max - min) over the whole resized image; mean 0, std 1",
+        "pad": "bottom/right with 0 after scaling",
+        "coords": "x, y times image_size / max(height, width); box corners truncated to integers",
+        "padding_point": "when the object has no box",
+    },
+}
+_PREPROCESS["mobile_sam"] = _PREPROCESS["sam"]
