@@ -220,3 +220,13 @@ def test_the_exported_processor_preprocesses_as_samtune(tmp_path, name, cls):
     # transformers resizes the uint8 image with its own kernel: within one 8-bit level
     one_level = 1 / 255 / min(processor.image_processor.image_std)
     assert (pixels - ours).abs().max() <= one_level + 1e-5
+
+
+def test_a_named_model_takes_an_hf_folder_as_its_checkpoint(tmp_path):
+    adapter = load_base_model("sam_tiny", seed=6)
+    save_hf(adapter.model, "sam", tmp_path / "hf")
+    named = load_model("sam_tiny", checkpoint=tmp_path / "hf")
+    for k, v in adapter.model.state_dict().items():
+        assert torch.equal(named.model.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="it is sam_tiny, not mobile_sam_tiny"):
+        load_model("mobile_sam_tiny", checkpoint=tmp_path / "hf")
