@@ -311,6 +311,55 @@ def eval_command(
                  info, console=console)
 
 
+@app.command("serve")
+@user_errors
+def serve_command(
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="Fine-tuned run folder, checkpoint file or model name; repeat to compare several.")]
+        = None,
+    base: Annotated[Optional[str], typer.Option(
+        help="Base model name (default: the base of the first run folder given).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(
+        help="Weights of the --model names: a file, or 'auto' for the official one.")] = None,
+    base_checkpoint: Annotated[Optional[str], typer.Option(
+        help="Weights of --base: a file, or 'auto' (omit for random init / a tiny model).")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset to pick images from (folder, COCO or LabPics). Default: the run's "
+             "validation data; without either, uploads only.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split of --data (default: test, else val, else all).")] = None,
+    save_to: Annotated[Path, typer.Option(
+        help="Folder dataset (imgs/ + masks/) that accepted masks are saved into.")]
+        = Path("corrections"),
+    host: Annotated[str, typer.Option(help="Address to bind (loopback only unless --allow-remote).")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="Allow a --host other machines can reach (prints a warning).")]
+        = False,
+    keep_embeddings: Annotated[int, typer.Option(
+        min=0, help="Images whose embeddings each model keeps (0: encode on every click).")] = 16,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+) -> None:
+    """A local web page: click on an image and see the base and the fine-tuned model answer
+    side by side; segment everything; read the run's eval report; save corrected masks as a
+    folder dataset for `samtune train`. The JSON API behind it is in the README."""
+    from samtune.serve import build_state, check_host, serve
+
+    warning = check_host(host, allow_remote)
+    state = build_state(model or [], base, checkpoint, base_checkpoint, data, split, save_to,
+                        device, keep_embeddings)
+    if warning:
+        err_console.print(f"[bold yellow]{escape(warning)}[/]", highlight=False)
+    for slot in state.slots:
+        status = "ready" if slot.ready else f"[red]failed to load:[/] {escape(slot.error or '')}"
+        console.print(f"{slot.id}: {escape(slot.label)} - {status}", highlight=False)
+    console.print(f"images: {len(state.images.entries())} from {state.data or '(uploads only)'}; "
+                  f"corrections -> {state.corrections.root}", highlight=False)
+    console.print(f"open http://{host}:{port}/ (Ctrl-C stops the server)", highlight=False)
+    serve(state, host, port)
+
+
 @app.command("demo")
 @user_errors
 def demo_command(
