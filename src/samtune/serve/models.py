@@ -88,10 +88,10 @@ def load_slots(models: Sequence[str], base: str | None = None, checkpoint: str |
         raise SamtuneError("give --model RUN_OR_NAME (a fine-tuned run, a checkpoint file or a "
                            "model name) and/or --base NAME")
     tuned_ids = ["tuned"] if len(models) == 1 else [f"tuned{i + 1}" for i in range(len(models))]
-    tuned = [_load_slot(i, target, checkpoint, device, keep)
+    tuned = [_load_slot(i, target, checkpoint, device, keep, label_prefix="fine-tuned")
              for i, target in zip(tuned_ids, models)]
     if base is not None:
-        return [_load_slot("base", base, base_checkpoint, device, keep, label_suffix="base"), *tuned]
+        return [_load_slot("base", base, base_checkpoint, device, keep, label_prefix="base"), *tuned]
     run = next((s for s in tuned if s.run_dir is not None), None)
     if run is None:
         return tuned
@@ -99,7 +99,7 @@ def load_slots(models: Sequence[str], base: str | None = None, checkpoint: str |
 
 
 def _load_slot(slot_id: str, target: str, checkpoint: str | None, device: str, keep: int,
-               label_suffix: str | None = None) -> Slot:
+               label_prefix: str) -> Slot:
     from samtune.models import list_models, load_model
 
     path = Path(target)
@@ -107,8 +107,7 @@ def _load_slot(slot_id: str, target: str, checkpoint: str | None, device: str, k
     run_dir = path if not is_name and (path / "config.yaml").is_file() else None
     weights = checkpoint if is_name else None
     label = f"{target} ({weights or 'random init'})" if is_name else target
-    if label_suffix:
-        label = f"{label_suffix}: {label}"
+    label = f"{label_prefix}: {label}"
     slot = Slot(slot_id, label, run_dir=run_dir, keep=keep)
     try:
         slot.adapter = load_model(target, checkpoint=weights, device=device)

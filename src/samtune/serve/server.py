@@ -8,7 +8,11 @@ needs ``allow_remote=True`` (``--allow-remote``) and prints a warning.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from samtune.errors import SamtuneError
@@ -67,3 +71,30 @@ def serve(state: ServeState, host: str = "127.0.0.1", port: int = 8000,
     from samtune.serve.app import create_app
 
     uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
+
+
+@contextmanager
+def running(state: ServeState, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve in a background thread for the duration of a ``with`` block and yield the
+    page's URL; ``port=0`` takes a free port. For notebooks, tests and benchmarks."""
+    import uvicorn
+
+    from samtune.serve.app import create_app
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
