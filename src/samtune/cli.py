@@ -353,7 +353,7 @@ def serve_command(
         err_console.print(f"[bold yellow]{escape(warning)}[/]", highlight=False)
     for slot in state.slots:
         status = "ready" if slot.ready else f"[red]failed to load:[/] {escape(slot.error or '')}"
-        console.print(f"{slot.id}: {escape(slot.label)} - {status}", highlight=False)
+        console.print(f"{escape(slot.label)} (id {slot.id}): {status}", highlight=False)
     console.print(f"images: {len(state.images.entries())} from {state.data or '(uploads only)'}; "
                   f"corrections -> {state.corrections.root}", highlight=False)
     console.print(f"open http://{host}:{port}/ (Ctrl-C stops the server)", highlight=False)
