@@ -39,6 +39,7 @@ class CorrectionFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._ids: dict[str, tuple[tuple[int, int, int], list[int]]] = {}  # stem -> (stat, ids)
 
     @property
     def image_dir(self) -> Path:
@@ -57,8 +58,20 @@ class CorrectionFolder:
         return values.astype(np.int32)
 
     def object_ids(self, stem: str) -> list[int]:
-        label_map = self.label_map(stem)
-        return [] if label_map is None else nonzero_values(label_map)
+        """Ids of the saved objects of an image; read again only when its file changed, so
+        that counting a large folder after each save stays cheap."""
+        path = self.mask_dir / f"{stem}.png"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return []
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename makes a new inode
+        cached = self._ids.get(stem)
+        if cached is None or cached[0] != key:
+            label_map = self.label_map(stem)
+            cached = (key, [] if label_map is None else nonzero_values(label_map))
+            self._ids[stem] = cached
+        return list(cached[1])
 
     def add(self, stem: str, image: np.ndarray, mask: np.ndarray) -> int:
         """Save ``mask`` ((H, W) bool) as a new object of the image ``stem``; returns its id."""
