@@ -20,10 +20,7 @@ import json
 import platform
 import statistics
 import sys
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -83,7 +80,7 @@ def main() -> None:
     for slot in slots:
         if not slot.ready:
             raise SystemExit(f"{slot.id} did not load: {slot.error}")
-    recomputing = [replace(s, keep=0, lock=threading.Lock(), _predictors=OrderedDict()) for s in slots]
+    recomputing = [s.sharing_model(keep=0) for s in slots]
     image = make_splits({"x": 1}, seed=0, size=(h, w), n_objects=(3, 3))["x"][0].image
     folder = CorrectionFolder(Path("/nonexistent/serve-bench"))  # nothing is saved
     states = {"kept": ServeState(slots, ImageStore(), folder),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
@@ -64,6 +65,8 @@ class Slot:
         predictor = Predictor(self.adapter)
         start = time.perf_counter()
         predictor.set_image(image)
+        if predictor.features.image_embed.is_cuda:
+            torch.cuda.synchronize()  # the encoder's time, not the time to queue it
         encode_ms = (time.perf_counter() - start) * 1000
         if self.keep > 0:
             self._predictors[image_id] = predictor
@@ -71,10 +74,10 @@ class Slot:
                 self._predictors.popitem(last=False)
         return predictor, encode_ms
 
-    def forget(self) -> None:
-        """Drop every kept embedding."""
-        with self.lock:
-            self._predictors.clear()
+    def sharing_model(self, keep: int) -> Slot:
+        """Another slot over the same loaded model, with its own kept embeddings (``keep``
+        of them) and lock: two servers side by side without loading the model twice."""
+        return Slot(self.id, self.label, self.adapter, self.error, self.run_dir, keep)
 
 
 def load_slots(models: Sequence[str], base: str | None = None, checkpoint: str | None = None,
