@@ -62,9 +62,10 @@ def clicks(size: tuple[int, int], n: int, seed: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="sam_tiny")
-    parser.add_argument("--base-checkpoint", default=None)
+    parser.add_argument("--base-checkpoint", default="random",
+                        help="a file, auto or random (speed does not depend on the weights)")
     parser.add_argument("--model", default=None, help="run folder, file or name (default: --base)")
-    parser.add_argument("--checkpoint", default=None, help="weights of a --model name")
+    parser.add_argument("--checkpoint", default="random", help="weights of a --model name")
     parser.add_argument("--size", default="480x640", help="HxW of the synthetic test image")
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--device", default="cpu")

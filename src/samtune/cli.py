@@ -320,9 +320,10 @@ def serve_command(
     base: Annotated[Optional[str], typer.Option(
         help="Base model name (default: the base of the first run folder given).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
-        help="Weights of the --model names: a file, or 'auto' for the official one.")] = None,
+        help="Weights of the --model names: a file, 'auto' (the official file from the cache) "
+             "or 'random'. Default: auto, random init for the tiny variants.")] = None,
     base_checkpoint: Annotated[Optional[str], typer.Option(
-        help="Weights of --base: a file, or 'auto' (omit for random init / a tiny model).")] = None,
+        help="Weights of --base: a file, 'auto' or 'random' (default as --checkpoint).")] = None,
     data: Annotated[Optional[Path], typer.Option(
         help="Dataset to pick images from (folder, COCO or LabPics). Default: the run's "
              "validation data; without either, uploads only.")] = None,

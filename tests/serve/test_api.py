@@ -290,3 +290,14 @@ def test_the_page_and_its_scripts_are_served(client):
         assert client.get(script).status_code == 200
     assert client.get("/api/openapi.json").json()["paths"].keys() >= {
         "/api/images", "/api/predict", "/api/auto", "/api/masks", "/api/report/{model_id}"}
+
+
+def test_model_names_get_their_official_weights_or_say_where_to_put_them(serve_data, tmp_path):
+    state = build_state(["sam_vit_b"], base="sam_tiny", data=serve_data, save_to=tmp_path / "g")
+    base, tuned = state.slots
+    assert base.ready and base.label == "base: sam_tiny (random init)"
+    assert tuned.label == "fine-tuned: sam_vit_b (official weights)" and not tuned.ready
+    assert "sam_vit_b_01ec64.pth is not in" in tuned.error and "SAMTUNE_OFFLINE" in tuned.error
+    random = build_state(["sam_tiny"], base="sam_tiny", checkpoint="random", data=serve_data,
+                         save_to=tmp_path / "h")
+    assert random.slots[1].label == "fine-tuned: sam_tiny (random init)" and random.slots[1].ready

@@ -85,16 +85,19 @@ def load_slots(models: Sequence[str], base: str | None = None, checkpoint: str |
                keep: int = KEEP_EMBEDDINGS) -> list[Slot]:
     """Slots for ``base`` (or, without it, the base of the first run folder among
     ``models``) followed by one per entry of ``models`` (a run folder, checkpoint file or
-    model name; ``checkpoint`` gives the weights of the names). Loading errors are kept in
-    the slots, not raised; giving no model at all is an error."""
+    model name). ``checkpoint`` / ``base_checkpoint`` are the weights of the names: a file,
+    ``"auto"`` (the official file from the cache) or ``"random"``; by default a name with an
+    official checkpoint gets it and a tiny variant its random init, since a page showing a
+    random-init SAM helps no one. Loading errors are kept in the slots, not raised; giving no
+    model at all is an error."""
     if not models and base is None:
         raise SamtuneError("give --model RUN_OR_NAME (a fine-tuned run, a checkpoint file or a "
                            "model name) and/or --base NAME")
     tuned_ids = ["tuned"] if len(models) == 1 else [f"tuned{i + 1}" for i in range(len(models))]
-    tuned = [_load_slot(i, target, checkpoint, device, keep, label_prefix="fine-tuned")
+    tuned = [_load_slot(i, target, checkpoint, device, keep, "fine-tuned")
              for i, target in zip(tuned_ids, models)]
     if base is not None:
-        return [_load_slot("base", base, base_checkpoint, device, keep, label_prefix="base"), *tuned]
+        return [_load_slot("base", base, base_checkpoint, device, keep, "base"), *tuned]
     run = next((s for s in tuned if s.run_dir is not None), None)
     if run is None:
         return tuned
@@ -102,18 +105,26 @@ def load_slots(models: Sequence[str], base: str | None = None, checkpoint: str |
 
 
 def _load_slot(slot_id: str, target: str, checkpoint: str | None, device: str, keep: int,
-               label_prefix: str) -> Slot:
-    from samtune.models import list_models, load_model
+               role: str) -> Slot:
+    import samtune
+    from samtune.models import list_models
 
+    specs = {spec.name: spec for spec in list_models()}
     path = Path(target)
-    is_name = target in {spec.name for spec in list_models()}
-    run_dir = path if not is_name and (path / "config.yaml").is_file() else None
-    weights = checkpoint if is_name else None
-    label = f"{target} ({weights or 'random init'})" if is_name else target
-    label = f"{label_prefix}: {label}"
+    spec = specs.get(target)
+    run_dir = path if spec is None and (path / "config.yaml").is_file() else None
+    weights = None
+    if spec is not None:
+        weights = checkpoint or ("auto" if spec.filename else "random")
+        shown = {"auto": "official weights", "random": "random init"}.get(weights, weights)
+        label = f"{role}: {target} ({shown})"
+    else:
+        label = f"{role}: {target}"
     slot = Slot(slot_id, label, run_dir=run_dir, keep=keep)
+    if weights == "random":
+        weights = None
     try:
-        slot.adapter = load_model(target, checkpoint=weights, device=device)
+        slot.adapter = samtune.load_model(target, checkpoint=weights, device=device)
     except SamtuneError as e:
         slot.error = str(e)
     except Exception as e:  # a damaged file raises anything; the page must still come up
