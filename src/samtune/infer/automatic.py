@@ -10,8 +10,20 @@ is where the work happens:
 - the predicted-IoU and stability filters, mask boxes, the crop-edge filter and both NMS
   passes run on the model's device; the surviving candidates keep only their low-res logits,
   so memory does not grow with the image size;
-- masks are upsampled to full size, moved to the host and RLE-encoded only for the masks
-  that are kept in the end.
+- masks are upsampled to their crop's size only for the masks that are kept in the end, and
+  held cut to their boxes; a full-size mask exists one at a time, while its record is made
+  (``binary_mask`` records are full-size by contract; the RLE modes keep memory bounded by
+  the objects, not the image).
+
+With ``tile_shape`` (and ``halo``) a large image is processed tile by tile
+(:mod:`samtune.infer.tiling`, micro-sam's convention) instead of being shrunk to the model's
+input: each tile is encoded on its tile plus halo, its point grid covers its inner tile only
+(``points_per_side`` points a side per tile), a mask cut by the outer block's edge is dropped
+(the crop-edge filter), so an object that crosses a tile border survives only from a tile in
+whose outer block it is whole, and the duplicates that neighbouring tiles find of the same
+object are merged by NMS over all tiles (``crop_nms_thresh``, higher predicted IoU wins).
+Masks are pasted at their tile's place, so the result has no seams as long as an object
+fits in the halo beyond its tile's border. Only one tile's features exist at a time.
 
 The two official generators differ in two places, and so does this one, by model family:
 SAM 2's default ``pred_iou_thresh`` is 0.8 (SAM's 0.88), and SAM 2 applies
@@ -24,6 +36,7 @@ without the extension samtune's SAM 2 masks are the cleaned ones the official wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -42,7 +55,8 @@ from samtune.infer.mask_ops import (
     stability_scores,
     xyxy_to_xywh,
 )
-from samtune.infer.rle import encode_coco_rles, masks_to_uncompressed_rles
+from samtune.infer.rle import encode_coco_rle, masks_to_uncompressed_rles
+from samtune.infer.tiling import check_tiling, make_tiles
 from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
 from samtune.train.metrics import mask_areas
 
@@ -99,7 +113,7 @@ class _Crop:
 
     box: list[int]
     points: np.ndarray
-    input_size: tuple[int, int]
+    input_size: tuple[int, int] = (0, 0)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -134,6 +148,9 @@ class AutomaticMaskGenerator:
       use_m2m: refine every mask once, feeding its low-res logits back with its point (SAM 2's
         option; works for every family).
       multimask_output: three masks per point (True) or one.
+      tile_shape: (rows, columns) of the tiles a large image is processed in; None (default)
+        processes the whole image at once, as the official generators.
+      halo: (rows, columns) added on every side of a tile for its encoding.
 
     Reference settings: :data:`PRESETS` holds R0's (SAM 2 LabPics: 32 points, batch 128,
     IoU 0.7, stability 0.92 at offset 0.7, one crop layer with half the points, min area 25,
@@ -160,6 +177,8 @@ class AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         use_m2m: bool = False,
         multimask_output: bool = True,
+        tile_shape: tuple[int, int] | None = None,
+        halo: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(model, Adapter):
             raise TypeError(f"model must be a samtune model (samtune.load_model), got {type(model).__name__}")
@@ -193,6 +212,7 @@ class AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.use_m2m = use_m2m
         self.multimask_output = multimask_output
+        self.tiling = check_tiling(tile_shape, halo)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
@@ -205,39 +225,61 @@ class AutomaticMaskGenerator:
         check_rgb_uint8(image)
         h, w = image.shape[:2]
         crops, found = [], []
-        for index, (box, layer) in enumerate(crop_boxes((h, w), self.crop_n_layers,
-                                                        self.crop_overlap_ratio)):
-            crop, candidates = self._process_crop(image, box, layer, index)
+        for index, crop in enumerate(self._crops((h, w))):
+            found.append(self._process_crop(image, crop, index))
             crops.append(crop)
-            found.append(candidates)
         kept = _Candidates.cat(found)
         if len(crops) > 1 and len(kept):
-            areas = torch.tensor([(c.box[2] - c.box[0]) * (c.box[3] - c.box[1]) for c in crops],
-                                 device=kept.crop.device)
-            scores = 1 / areas[kept.crop]  # prefer masks from smaller crops
+            if self.tiling is not None and self.crop_n_layers == 0:
+                scores = kept.iou  # tiles are peers: the better mask of a duplicate wins
+            else:
+                areas = torch.tensor([(c.box[2] - c.box[0]) * (c.box[3] - c.box[1]) for c in crops],
+                                     device=kept.crop.device)
+                scores = 1 / areas[kept.crop]  # prefer masks from smaller crops
             kept = kept.select(batched_nms(kept.boxes.float(), scores,
                                            torch.zeros_like(scores), self.crop_nms_thresh))
-        masks = self._full_masks(kept, crops, (h, w))
+        masks = self._box_masks(kept, crops, (h, w))
         if self.min_mask_region_area > 0 and self.model.family != "sam2":
             masks, kept = self._remove_small_regions(masks, kept)
         return self._records(masks, kept, crops)
 
+    def _crops(self, size: tuple[int, int]) -> list[_Crop]:
+        """The crops to process, their grid points in crop pixels: the official crop layers
+        over the whole image, or over each tile's outer block with the tile's layer-0 grid
+        laid over its inner block only."""
+        if self.tiling is None:
+            regions = [([0, 0, size[1], size[0]], None)]
+        else:
+            regions = [(list(t.outer), t.inner) for t in make_tiles(size, *self.tiling)]
+        crops = []
+        for (rx0, ry0, rx1, ry1), inner in regions:
+            for (x0, y0, x1, y1), layer in crop_boxes((ry1 - ry0, rx1 - rx0), self.crop_n_layers,
+                                                      self.crop_overlap_ratio):
+                box = [x0 + rx0, y0 + ry0, x1 + rx0, y1 + ry0]
+                if layer == 0 and inner is not None:
+                    ix0, iy0, ix1, iy1 = inner
+                    points = (self.point_grids[0] * np.array([[ix1 - ix0, iy1 - iy0]])
+                              + np.array([[ix0 - box[0], iy0 - box[1]]]))
+                else:
+                    points = self.point_grids[layer] * np.array([[x1 - x0, y1 - y0]])
+                crops.append(_Crop(box, points))
+        return crops
+
     # --- per crop ---------------------------------------------------------------------------
-    def _process_crop(self, image: np.ndarray, box: list[int], layer: int, index: int):
-        x0, y0, x1, y1 = box
+    def _process_crop(self, image: np.ndarray, crop: _Crop, index: int) -> _Candidates:
+        x0, y0, x1, y1 = crop.box
         pixels = np.ascontiguousarray(image[y0:y1, x0:x1])
         batch = self.model.preprocess([pixels])
         features = self.model.encode(batch.images)
         size = batch.original_sizes[0]
-        crop = _Crop(box, self.point_grids[layer] * np.array([[size[1], size[0]]]),
-                     batch.input_sizes[0])
+        crop.input_size = batch.input_sizes[0]
         coords = self.model.transform_coords(crop.points, size).to(self.model.device)
         found = [self._process_batch(features, coords, start, crop, index, image.shape[:2])
                  for start in range(0, len(coords), self.points_per_batch)]
         candidates = _Candidates.cat(found)
         keep = batched_nms(candidates.boxes.float(), candidates.iou,
                            torch.zeros_like(candidates.iou), self.box_nms_thresh)
-        return crop, candidates.select(keep)
+        return candidates.select(keep)
 
     def _process_batch(
         self, features: Features, coords: torch.Tensor, start: int, crop: _Crop, index: int,
@@ -314,50 +356,71 @@ class AutomaticMaskGenerator:
         return self.model.postprocess(low_res[:, None], crop.input_size, crop.size)[:, 0]
 
     # --- whole image ------------------------------------------------------------------------
-    def _full_masks(self, kept: _Candidates, crops: list[_Crop], size: tuple[int, int]) -> torch.Tensor:
-        """(N, H, W) bool masks of the kept candidates, each crop's pasted at its place."""
-        masks = torch.zeros(len(kept), *size, dtype=torch.bool, device=kept.iou.device)
+    def _box_masks(self, kept: _Candidates, crops: list[_Crop], size: tuple[int, int]) -> _BoxMasks:
+        """The kept candidates' masks at full resolution, each cut to its box."""
+        pieces: list[torch.Tensor] = [kept.iou.new_zeros(0, 0, dtype=torch.bool)] * len(kept)
+        boxes = kept.boxes.tolist()
         for index, crop in enumerate(crops):
-            x0, y0, x1, y1 = crop.box
+            x0, y0 = crop.box[:2]
             rows = (kept.crop == index).nonzero().flatten()
-            for chunk in rows.split(max(1, _CHUNK_PIXELS // (size[0] * size[1]))):
-                logits = self._upsample(kept.low_res[chunk], crop)
-                masks[chunk, y0:y1, x0:x1] = logits > self.mask_threshold
-        return masks
+            h, w = crop.size
+            for chunk in rows.split(max(1, _CHUNK_PIXELS // (h * w))):
+                masks = self._upsample(kept.low_res[chunk], crop) > self.mask_threshold
+                for row, mask in zip(chunk.tolist(), masks):
+                    bx0, by0, bx1, by1 = boxes[row]
+                    # (an empty mask has box 0s: the clamped slice is empty or one unset pixel)
+                    pieces[row] = mask[max(by0 - y0, 0) : max(by1 - y0 + 1, 0),
+                                       max(bx0 - x0, 0) : max(bx1 - x0 + 1, 0)].clone()
+        return _BoxMasks(pieces, [(b[0], b[1]) for b in boxes], size)
 
-    def _remove_small_regions(self, masks: torch.Tensor, kept: _Candidates):
+    def _remove_small_regions(self, masks: _BoxMasks, kept: _Candidates):
         """SAM's clean-up: fill small holes, drop small islands, then box NMS preferring the
-        masks that did not change (at the larger of the two NMS thresholds)."""
+        masks that did not change (at the larger of the two NMS thresholds).
+
+        Each mask is cleaned in its box, grown by a background margin wherever the box is not
+        at the image border: the margin (>= ``min_mask_region_area`` pixels) joins every
+        background region that reaches past the box, as the full image's outside does, so
+        the same regions are filled and dropped as on the full-size mask."""
         if len(kept) == 0:
             return masks, kept
-        cleaned, unchanged = [], []
-        for mask in masks.cpu().numpy():
-            mask, holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
-            mask, islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
-            cleaned.append(mask)
+        h, w = masks.size
+        margin = math.ceil(math.sqrt(self.min_mask_region_area))
+        pieces, origins, unchanged = [], [], []
+        for piece, (x0, y0) in zip(masks.pieces, masks.origins):
+            ph, pw = piece.shape
+            left, top = min(margin, x0), min(margin, y0)
+            right, bottom = min(margin, w - x0 - pw), min(margin, h - y0 - ph)
+            padded = np.pad(piece.cpu().numpy(), ((top, bottom), (left, right)))
+            padded, holes = remove_small_regions(padded, self.min_mask_region_area, "holes")
+            padded, islands = remove_small_regions(padded, self.min_mask_region_area, "islands")
+            piece, (dx, dy) = _trim(padded)
+            pieces.append(torch.as_tensor(piece, device=kept.iou.device))
+            origins.append((x0 - left + dx, y0 - top + dy))
             unchanged.append(not (holes or islands))
-        masks = torch.as_tensor(np.stack(cleaned), device=masks.device)
-        kept.boxes = mask_boxes(masks)
-        scores = torch.tensor(unchanged, dtype=torch.float, device=masks.device)
+        masks = _BoxMasks(pieces, origins, masks.size)
+        kept.boxes = masks.boxes().to(kept.boxes.device)
+        scores = torch.tensor(unchanged, dtype=torch.float, device=kept.iou.device)
         keep = batched_nms(kept.boxes.float(), scores, torch.zeros_like(scores),
                            max(self.box_nms_thresh, self.crop_nms_thresh))
-        return masks[keep], kept.select(keep)
+        return masks.select(keep.tolist()), kept.select(keep)
 
-    def _records(self, masks: torch.Tensor, kept: _Candidates, crops: list[_Crop]) -> list[dict]:
+    def _records(self, masks: _BoxMasks, kept: _Candidates, crops: list[_Crop]) -> list[dict]:
         if len(kept) == 0:
             return []
-        if self.output_mode == "uncompressed_rle":
-            segmentations = masks_to_uncompressed_rles(masks)
-        else:
-            host = masks.cpu().numpy()
-            segmentations = list(host) if self.output_mode == "binary_mask" else encode_coco_rles(host)
-        areas = mask_areas(masks).tolist()
+        areas = masks.areas()
         boxes = xyxy_to_xywh(kept.boxes).tolist()
         crop_xywh = [xyxy_to_xywh(torch.tensor(c.box)).tolist() for c in crops]
         crop_index, point = kept.crop.tolist(), kept.point.tolist()
         iou, stability = kept.iou.float().tolist(), kept.stability.float().tolist()
         records = []
-        for i, segmentation in enumerate(segmentations):
+        for i in range(len(kept)):
+            full = masks.full(i)  # one full-size mask at a time
+            if self.output_mode == "uncompressed_rle":
+                segmentation = masks_to_uncompressed_rles(full[None])[0]
+            elif self.output_mode == "coco_rle":
+                segmentation = encode_coco_rle(full.cpu().numpy())
+            else:
+                segmentation = full.cpu().numpy()
             crop = crops[crop_index[i]]
             x, y = crop.points[point[i]] + np.array(crop.box[:2])
             records.append({
@@ -366,6 +429,47 @@ class AutomaticMaskGenerator:
                 "stability_score": stability[i], "crop_box": crop_xywh[crop_index[i]],
             })
         return records
+
+
+@dataclass
+class _BoxMasks:
+    """Masks held cut to their boxes: ``pieces[i]`` (h, w) bool with its top-left pixel at
+    ``origins[i]`` (x, y) of an image of ``size`` (H, W). Hundreds of small objects on a large
+    image cost their boxes' pixels, not hundreds of full planes."""
+
+    pieces: list[torch.Tensor]
+    origins: list[tuple[int, int]]
+    size: tuple[int, int]
+
+    def full(self, i: int) -> torch.Tensor:
+        """(H, W) bool: mask ``i`` pasted into the whole image."""
+        piece = self.pieces[i]
+        out = torch.zeros(self.size, dtype=torch.bool, device=piece.device)
+        x0, y0 = self.origins[i]
+        out[y0 : y0 + piece.shape[0], x0 : x0 + piece.shape[1]] = piece
+        return out
+
+    def areas(self) -> list[int]:
+        return [int(p.sum()) for p in self.pieces]
+
+    def boxes(self) -> torch.Tensor:
+        """(N, 4) int64 XYXY boxes, inclusive max indices (zeros for an empty mask)."""
+        out = torch.zeros(len(self.pieces), 4, dtype=torch.long)
+        for i, (piece, (x0, y0)) in enumerate(zip(self.pieces, self.origins)):
+            if piece.numel() and piece.any():
+                out[i] = mask_boxes(piece[None]).cpu()[0] + torch.tensor([x0, y0, x0, y0])
+        return out
+
+    def select(self, keep: list[int]) -> _BoxMasks:
+        return _BoxMasks([self.pieces[i] for i in keep], [self.origins[i] for i in keep], self.size)
+
+
+def _trim(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """``mask`` cut to the box of its pixels, and that box's (x, y) in ``mask``."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return mask[:0, :0], (0, 0)
+    return mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], (int(xs.min()), int(ys.min()))
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
