@@ -54,6 +54,23 @@ PredIouThresh = Annotated[Optional[float], typer.Option(
     help="Automatic masks: drop masks whose predicted IoU is below this (family default).")]
 StabilityScoreThresh = Annotated[Optional[float], typer.Option(
     help="Automatic masks: drop masks less stable than this (default 0.95).")]
+# Tiling of large images, shared by `predict` and `eval` (micro-sam's tile_shape and halo).
+TileShape = Annotated[Optional[str], typer.Option(
+    "--tile-shape", metavar="ROWS,COLS",
+    help="Cut large images into tiles of this size (e.g. 512,512), each encoded at the model's "
+         "resolution, instead of shrinking the whole image.")]
+Halo = Annotated[Optional[str], typer.Option(
+    "--halo", metavar="ROWS,COLS",
+    help="With --tile-shape: context added on every side of a tile (e.g. 64,64); an object "
+         "crossing a tile border is found whole when it reaches at most halo - 20 pixels past it.")]
+
+
+def tiling_options(tile_shape: Optional[str], halo: Optional[str]) -> dict:
+    """``--tile-shape`` / ``--halo`` strings -> checked ``tile_shape`` and ``halo`` keywords."""
+    from samtune.infer.tiling import check_tiling, parse_pair
+
+    checked = check_tiling(parse_pair(tile_shape, "--tile-shape"), parse_pair(halo, "--halo"))
+    return {} if checked is None else {"tile_shape": checked[0], "halo": checked[1]}
 
 
 class PrecisionChoice(str, Enum):
@@ -119,6 +136,8 @@ def predict_command(
         min=0, help="--auto: also run on 4^k crops for k = 1..n (default 0).")] = None,
     min_mask_region_area: Annotated[Optional[int], typer.Option(
         min=0, help="--auto: remove islands and holes smaller than this many pixels (default 0).")] = None,
+    tile_shape: TileShape = None,
+    halo: Halo = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     precision: Precision = PrecisionChoice.fp32,
 ) -> None:
@@ -137,6 +156,7 @@ def predict_command(
                else read_prompt_file(prompts) if prompts is not None else None)
     if not inputs.exists():
         raise SamtuneError(f"{inputs}: no such image file or folder")
+    tiling = tiling_options(tile_shape, halo)
     adapter = load_model(model, checkpoint=checkpoint, device=device)
     generator = None
     if auto:
@@ -146,9 +166,9 @@ def predict_command(
             points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh, crop_n_layers=crop_n_layers,
             min_mask_region_area=min_mask_region_area).items() if v is not None}
-        generator = AutomaticMaskGenerator(adapter, **settings)
+        generator = AutomaticMaskGenerator(adapter, **settings, **tiling)
     with inference_options(adapter, precision.value):
-        result = predict_paths(Predictor(adapter), inputs, output, prompts=objects, generator=generator,
+        result = predict_paths(Predictor(adapter, **tiling), inputs, output, prompts=objects, generator=generator,
                                multimask=multimask, as_label_map=label_map, opacity=opacity)
     console.print(f"{result.images} image(s), {result.objects} object(s) -> {output} "
                   f"(masks, overlays, {result.coco.name})", highlight=False)
@@ -285,6 +305,8 @@ def eval_command(
     points_per_side: PointsPerSide = None,
     pred_iou_thresh: PredIouThresh = None,
     stability_score_thresh: StabilityScoreThresh = None,
+    tile_shape: TileShape = None,
+    halo: Halo = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     precision: Precision = PrecisionChoice.fp32,
 ) -> None:
@@ -298,7 +320,8 @@ def eval_command(
                                  stability_score_thresh=stability_score_thresh).items()
            if v is not None}
     settings = EvalSettings(tuple(m.strip() for m in modes.split(",") if m.strip()), seed=seed,
-                            max_images=max_images, batch_objects=batch_objects, amg=amg)
+                            max_images=max_images, batch_objects=batch_objects, amg=amg,
+                            **tiling_options(tile_shape, halo))
     if output is None and Path(model).is_file():
         raise SamtuneError(f"--output FOLDER is needed: {model} is a checkpoint file, not a run folder")
     given = resolve_data(data, split) if data is not None else None  # a bad path fails first

@@ -81,6 +81,8 @@ class EvalSettings:
     max_images: int | None = None
     batch_objects: int = 64
     amg: dict[str, Any] = field(default_factory=dict)
+    tile_shape: tuple[int, int] | None = None
+    halo: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.modes if m not in MODES]
@@ -89,6 +91,15 @@ class EvalSettings:
                                f"choose from {','.join(MODES)}")
         if self.batch_objects < 1:
             raise ValueError(f"batch_objects must be >= 1, got {self.batch_objects}")
+
+    def predictor(self, model: Adapter) -> Predictor:
+        """The prompted predictor of every mode, tiled when ``tile_shape`` is set."""
+        return Predictor(model, tile_shape=self.tile_shape, halo=self.halo)
+
+    def generator(self, model: Adapter):
+        """The automatic mask generator of mode ``auto``, tiled when ``tile_shape`` is set."""
+        return automatic_generator(model, {**self.amg, "tile_shape": self.tile_shape,
+                                           "halo": self.halo})
 
 
 # --- prompts --------------------------------------------------------------------------------
@@ -239,8 +250,8 @@ def evaluate_models(models: Mapping[str, Adapter], dataset: Sequence[Sample],
     """Run every model of ``models`` (label -> model) in every mode of ``settings`` over the
     dataset; each image is encoded once per model and its features reused across the prompted
     modes. Returns label -> mode -> :class:`ModeResult`, and the COCO ground truth."""
-    predictors = {label: Predictor(model) for label, model in models.items()}
-    generators = {label: automatic_generator(model, settings.amg)
+    predictors = {label: settings.predictor(model) for label, model in models.items()}
+    generators = {label: settings.generator(model)
                   for label, model in models.items()} if "auto" in settings.modes else {}
     results = {label: {m: ModeResult(m) for m in settings.modes} for label in models}
     truth_coco = GroundTruth()
@@ -394,7 +405,9 @@ def metrics_document(results: Mapping[str, Mapping[str, ModeResult]], truth: Gro
         "info": {**info, "n_images": len(first.images),
                  "n_objects": int(sum(r.n_objects for r in first.images)),
                  "seed": settings.seed, "batch_objects": settings.batch_objects,
-                 "amg": dict(settings.amg)},
+                 "amg": dict(settings.amg),
+                 "tiling": None if settings.tile_shape is None else {
+                     "tile_shape": list(settings.tile_shape), "halo": list(settings.halo or (0, 0))}},
         "modes": list(settings.modes),
         "mode_descriptions": {m: MODE_DESCRIPTIONS[m] for m in settings.modes},
         "models": models,
@@ -434,10 +447,10 @@ def panel_cases(models: Mapping[str, Adapter], dataset: Sequence[Sample],
         masks = {}
         for label, model in models.items():
             if mode == "auto":
-                masks[label] = run_automatic(automatic_generator(model, settings.amg),
+                masks[label] = run_automatic(settings.generator(model),
                                              sample.image, index + 1)[0]
                 continue
-            predictor = Predictor(model)
+            predictor = settings.predictor(model)
             predictor.set_image(sample.image)
             masks[label] = predict_mode(predictor, prompts, mode, settings.batch_objects)
         n_points = {"point": 1, "points3": 3, "box+point": 1}.get(mode, 0)

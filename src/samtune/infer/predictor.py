@@ -143,6 +143,11 @@ class Predictor:
         outer block becomes padding (label -1), as micro-sam drops it.
         """
         pc, pl, b, m = arrays
+        if pc is None and b is None:
+            if m is not None:
+                raise ValueError("a tiled predictor routes objects by their points or box; a "
+                                 "mask_input alone does not say which tile it belongs to")
+            return self._decode_unprompted(multimask_output, return_logits)
         n = max(len(a) for a in arrays if a is not None)
         which = tile_index(prompt_centres(pc, pl, b), self.original_size, self.tiling[0])
         which = np.broadcast_to(which, (n,)) if len(which) == 1 else which
@@ -163,6 +168,23 @@ class Predictor:
             masks[rows, :, y0:y1, x0:x1] = t_masks
             scores[rows], low_res[rows] = t_scores, t_low
         return masks, scores, low_res
+
+    def _decode_unprompted(self, multimask_output: bool, return_logits: bool) -> tuple[np.ndarray, ...]:
+        """No prompt at all (the prompt-free use of a fine-tuned decoder): every tile decoded
+        without one, each pixel taken from the tile whose inner block holds it; the scores and
+        low-res logits are those of the first tile."""
+        k = 3 if multimask_output else 1
+        masks = np.zeros((1, k, *self.original_size), dtype=np.float32 if return_logits else bool)
+        first = None
+        for tile in self.tiles:
+            features, input_size = self.tile_features(tile.index)
+            out = self._decode(features, input_size, tile.outer_size, (None,) * 4,
+                               multimask_output, return_logits)
+            first = first or out
+            x0, y0, x1, y1 = tile.inner
+            ox, oy = tile.outer[:2]
+            masks[:, :, y0:y1, x0:x1] = out[0][:, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        return masks, first[1], first[2]
 
     @staticmethod
     def _to_tile(arrays: tuple, rows: np.ndarray, tile: Tile) -> tuple:
