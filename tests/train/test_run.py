@@ -153,3 +153,22 @@ def test_cache_is_kept_in_memory_when_it_fits(tmp_path):
         entry.unlink()
     again = reader.get("img1")  # served from memory: the file is gone
     assert again is not None and torch.equal(again.image_embed, first.image_embed)
+
+
+def test_random_crop_trains_on_windows_at_the_model_size(make_config, monkeypatch):
+    """``data.random_crop: model`` hands the datamodule the model's input size."""
+    from samtune.data import datamodule as dm
+    from samtune.data.transforms import random_window
+
+    sizes = []
+
+    def spy(sample, size, rng):
+        sizes.append(size)
+        return random_window(sample, size, rng)
+
+    monkeypatch.setattr(dm, "random_window", spy)
+    config = make_config("train.max_steps=2", "train.val_every_n_steps=null",
+                         "train.validate_before_training=false", "data.random_crop=model",
+                         "data.val=null")
+    train(config)
+    assert sizes and set(sizes) == {256}  # sam_tiny's input size

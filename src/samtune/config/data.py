@@ -124,3 +124,16 @@ class DataConfig(BaseModel):
     """Paste training objects on backgrounds (training only)."""
     seed: int = 0
     """Seed of the per-epoch resampling and of the compositing draws."""
+    random_crop: Literal["model"] | int | None = None
+    """Train on random square windows of large images at full resolution instead of shrinking
+    each whole image to the model's input: ``model`` takes windows of the model's input size
+    (1024 SAM, 256 LiteMedSAM), an integer that many pixels. Each window holds a randomly
+    chosen object's centre; objects cut below ``augment.min_area`` pixels are dropped, and
+    images no larger than the window pass whole. Training only (validation sees whole images;
+    evaluate large images with ``samtune eval --tile-shape``). None: off."""
+
+    @model_validator(mode="after")
+    def _crop_size(self) -> DataConfig:
+        if isinstance(self.random_crop, int) and self.random_crop < 16:
+            raise ValueError(f"random_crop must be 'model' or at least 16 pixels, got {self.random_crop}")
+        return self

@@ -21,7 +21,7 @@ from samtune.config.prompts import AugmentConfig, PromptConfig
 from samtune.data.batch import Collator, Item
 from samtune.data.prompts import PreviousLogitsStore, PromptSampler, mask_key
 from samtune.data.sample import Sample
-from samtune.data.transforms import Augmenter, select_objects
+from samtune.data.transforms import Augmenter, random_window, select_objects
 
 _ITEM_STREAM, _ORDER_STREAM = 1, 2  # keep item and shuffle seeds apart
 
@@ -55,8 +55,10 @@ class PromptedDataset(Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         store: PreviousLogitsStore | None = None,
+        crop_size: int | None = None,
     ) -> None:
         self.source = source
+        self.crop_size = crop_size
         self.prompts = prompts
         self.augmenter = Augmenter(augment or AugmentConfig())
         self.sampler = PromptSampler(prompts, store)
@@ -70,7 +72,10 @@ class PromptedDataset(Dataset):
         rng = item_rng(self.seed, epoch, index)
         # a MixedSource draws a different subset each epoch: ask it for this epoch's item
         at = getattr(self.source, "at", None)
-        sample = self.augmenter(at(epoch, index) if at else self.source[index], rng)
+        sample = at(epoch, index) if at else self.source[index]
+        if self.crop_size is not None:
+            sample = random_window(sample, self.crop_size, rng)
+        sample = self.augmenter(sample, rng)
         sample = cap_objects(sample, self.prompts.max_objects_per_image, rng)
         keys = [mask_key(m) for m in sample.object_masks()]
         return Item(sample, self.sampler(sample, rng, index, keys), index, keys)
@@ -135,6 +140,8 @@ class SamDataModule(L.LightningDataModule):
       seed: seeds shuffling, augmentation, object caps and prompts.
       store: previous logits for the ``logits`` kind, filled by the trainer.
       drop_last: drop a last incomplete training batch.
+      crop_size: train on random windows of this many pixels a side at full resolution
+        (:func:`~samtune.data.transforms.random_window`); None: whole images.
 
     Validation items always use epoch 0, so every validation sees the same prompts.
     """
@@ -153,6 +160,7 @@ class SamDataModule(L.LightningDataModule):
         seed: int = 0,
         store: PreviousLogitsStore | None = None,
         drop_last: bool = False,
+        crop_size: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -167,7 +175,7 @@ class SamDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.store = store
-        self.train_set = PromptedDataset(train, prompts, augment, seed, store)
+        self.train_set = PromptedDataset(train, prompts, augment, seed, store, crop_size)
         self.val_set = None if val is None else PromptedDataset(val, val_prompts or prompts,
                                                                 None, seed)
         self.train_sampler = EpochSampler(len(self.train_set), seed, shuffle=True)

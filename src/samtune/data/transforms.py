@@ -240,3 +240,30 @@ def select_objects(
         object_ids=pick(sample.object_ids), category_ids=pick(sample.category_ids),
         annotation_ids=pick(sample.annotation_ids), path=sample.path, source=sample.source,
     )
+
+
+def random_window(sample: Sample, size: int, rng: np.random.Generator) -> Sample:
+    """A ``size`` x ``size`` window of ``sample`` at full resolution (clipped to the image),
+    holding the centre of one object drawn at random (anywhere without objects), with the
+    objects it cuts (an object left empty here is dropped later by the ``min_area`` rule).
+    The sample itself when it is no larger than the window."""
+    h, w = sample.size
+    if h <= size and w <= size:
+        return sample
+    wh, ww = min(size, h), min(size, w)
+    boxes = sample.boxes()
+    present = np.flatnonzero(boxes[:, 2] > boxes[:, 0])
+    if len(present):
+        x0, y0, x1, y1 = boxes[int(rng.choice(present))]
+        cx, cy = int((x0 + x1) // 2), int((y0 + y1) // 2)
+        left = int(rng.integers(max(0, cx - ww + 1), min(cx, w - ww) + 1))
+        top = int(rng.integers(max(0, cy - wh + 1), min(cy, h - wh) + 1))
+    else:
+        left, top = int(rng.integers(0, w - ww + 1)), int(rng.integers(0, h - wh + 1))
+    rows, cols = slice(top, top + wh), slice(left, left + ww)
+    image = np.ascontiguousarray(sample.image[rows, cols])
+    if sample.label_map is not None:
+        return select_objects(sample, range(len(sample)), image,
+                              label_map=np.ascontiguousarray(sample.label_map[rows, cols]))
+    return select_objects(sample, range(len(sample)), image,
+                          masks=np.ascontiguousarray(sample.masks[:, rows, cols]))

@@ -90,7 +90,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
         batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
-        seed=config.seed, store=store,
+        seed=config.seed, store=store, crop_size=_crop_size(config, module),
     )
     if resume:
         done = batches_done_in_epoch(last)
@@ -297,9 +297,15 @@ def _cache_enabled(config: RunConfig, module: FineTuneModule) -> bool:
     if config.train.cache_embeddings == "off" or module.encoder_trainable:
         return False
     a = config.augment
-    image_changes = (a.hflip or a.vflip or a.rotate90 or a.resized_crop is not None
+    image_changes = (config.data.random_crop is not None or a.hflip or a.vflip or a.rotate90 or a.resized_crop is not None
                      or a.color_jitter is not None or config.data.composite is not None)
     return not image_changes
+
+
+def _crop_size(config: RunConfig, module: FineTuneModule) -> int | None:
+    """``data.random_crop`` in pixels: ``model`` is the model's input size."""
+    crop = config.data.random_crop
+    return module.adapter.image_size if crop == "model" else crop
 
 
 def _link_best(trainer: L.Trainer) -> Path | None:
