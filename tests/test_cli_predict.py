@@ -199,3 +199,42 @@ def test_precision_bf16_and_fused_fp32_match_the_official_path(image_file, tmp_p
     bad = runner.invoke(app, ["predict", str(image_file), "--model", "sam_tiny", "--box", "1,1,9,9",
                               "--precision", "fp16"])
     assert bad.exit_code == 2 and "fp16" in bad.output
+
+
+def test_coco_prompts_carry_their_categories_into_results_pycocotools_reads(tmp_path):
+    """A COCO file of ground truth as prompts: every predicted mask keeps its annotation's
+    category and name, and predictions.json is both a COCO dataset and, as results, what
+    COCOeval scores per category against the same file."""
+    from samtune.data.synthetic import make_scene, write_coco
+
+    scenes = [make_scene(s, size=(64, 80), n_objects=(3, 4)) for s in (1, 2)]
+    root = tmp_path / "coco"
+    gt_file = write_coco(root, scenes, image_dir="images", image_ext=".png")
+    images = root / "images"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(images), "--model", "sam_tiny", "--prompts",
+                                 str(gt_file), "--output", str(out), "--tile-shape", "32,40",
+                                 "--halo", "16,16"])
+    assert result.exit_code == 0, result.output
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    truth = json.loads(gt_file.read_text())
+    predicted = COCO(str(out / "predictions.json"))
+    assert len(predicted.getAnnIds()) == len(truth["annotations"])
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    used = {a["category_id"] for a in truth["annotations"]}
+    assert {c["id"]: c["name"] for c in predicted.loadCats(predicted.getCatIds())} == \
+        {cid: names[cid] for cid in used}
+    by_box = {tuple(a["bbox"]): a["category_id"] for a in truth["annotations"]}
+    for ann in predicted.dataset["annotations"]:
+        x0, y0, x1, y1 = ann["prompt"]["box"]
+        assert by_box[(x0, y0, x1 - x0, y1 - y0)] == ann["category_id"]
+    gt = COCO(str(gt_file))
+    ids = {img["file_name"]: img["id"] for img in gt.dataset["images"]}
+    results = [{**a, "image_id": ids[predicted.imgs[a["image_id"]]["file_name"]]}
+               for a in predicted.dataset["annotations"]]
+    evaluator = COCOeval(gt, gt.loadRes(results), iouType="segm")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    assert evaluator.eval["precision"].shape[2] == len(gt.getCatIds())  # per category

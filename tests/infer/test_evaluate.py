@@ -16,6 +16,7 @@ from samtune.infer.evaluate import (
     ModeResult,
     best_matches,
     coco_ap,
+    coco_ap_per_category,
     evaluate_models,
     interior_point,
     object_prompts,
@@ -211,6 +212,27 @@ def test_coco_ap_equals_cocoeval_and_zero_without_detections():
     e.evaluate(), e.accumulate(), e.summarize()
     assert stats["AP"] == pytest.approx(e.stats[0]) and 0 < stats["AP"] < 1
     assert coco_ap(truth, [])["AP"] == 0.0
+
+
+def test_coco_ap_per_category_ignores_masks_on_other_categories():
+    """Category 1 has two objects, category 2 one; a mask on background scores highest. For
+    category 1 the mask on category 2's object is ignored (not a false positive): precision
+    2/3 at full recall; for category 2, 1/2."""
+    truth = GroundTruth()
+    objects = np.stack([rect(60, 80, 2, 20, 2, 20), rect(60, 80, 30, 50, 2, 22),
+                        rect(60, 80, 5, 25, 40, 60)])
+    truth.add(1, objects, [1, 1, 2])
+    background = rect(60, 80, 40, 58, 60, 78)
+    masks = np.stack([background, objects[0], objects[1], objects[2]])
+    dets = [{"image_id": 1, "category_id": 1, "segmentation": rle, "score": s}
+            for rle, s in zip(encode_coco_rles(masks), (0.99, 0.9, 0.8, 0.95))]
+    per = coco_ap_per_category(truth, dets, {1: "cell", 2: "debris"})
+    assert per["1"]["name"] == "cell" and per["1"]["n_objects"] == 2
+    assert per["1"]["AP"] == pytest.approx(2 / 3, abs=1e-3)
+    assert per["2"]["AP"] == pytest.approx(1 / 2, abs=1e-3)
+    one = GroundTruth()
+    one.add(1, objects, [-1, -1, -1])
+    assert coco_ap_per_category(one, dets) == {}  # one category: the overall AP says it
 
 
 def test_best_matches_picks_the_highest_iou_mask():

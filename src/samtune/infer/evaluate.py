@@ -365,12 +365,34 @@ def coco_ap(truth: GroundTruth, detections: list[dict]) -> dict[str, float | Non
         gt.dataset = {"images": truth.images, "annotations": truth.annotations,
                       "categories": [{"id": c, "name": str(c)} for c in sorted(truth.categories)]}
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(detections), iouType="segm")
+        # loadRes writes ids, areas and boxes into the records: give it copies
+        evaluator = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), iouType="segm")
         evaluator.params.useCats = 0
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return {k: (None if v < 0 else float(v)) for k, v in zip(COCO_STATS, evaluator.stats)}
+
+
+def coco_ap_per_category(truth: GroundTruth, detections: list[dict],
+                         category_names: Mapping[int, str] | None = None) -> dict[str, dict]:
+    """COCO mask AP of the class-agnostic automatic masks per ground-truth category.
+
+    For category c, the objects of c are the ground truth and the objects of every other
+    category are marked crowd, which COCOeval ignores: a mask that lands on another
+    category's object is neither a hit nor a false positive for c. A mask on background is a
+    false positive for every category. Only for data with more than one category (with one,
+    it is the overall AP). Category id -> ``name``, ``n_objects`` and COCOeval's summary."""
+    if len(truth.categories) < 2:
+        return {}
+    out = {}
+    for cid in sorted(truth.categories):
+        marked = [{**a, "iscrowd": int(a["category_id"] != cid)} for a in truth.annotations]
+        view = GroundTruth(truth.images, marked, truth.categories)
+        n = sum(a["category_id"] == cid for a in truth.annotations)
+        out[str(cid)] = {"name": (category_names or {}).get(cid, f"category {cid}"),
+                         "n_objects": n, **coco_ap(view, detections)}
+    return out
 
 
 # --- the whole job: models, data, report ----------------------------------------------------
@@ -398,6 +420,8 @@ def metrics_document(results: Mapping[str, Mapping[str, ModeResult]], truth: Gro
             entry = summarize(result, category_names)
             if mode == "auto":
                 entry["coco"] = coco_ap(truth, result.detections)
+                entry["coco_per_category"] = coco_ap_per_category(truth, result.detections,
+                                                                  category_names)
             entry["images"] = [r.to_json() for r in result.images]
             models[label][mode] = entry
     first = next(iter(next(iter(results.values())).values()))

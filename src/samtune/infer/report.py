@@ -297,5 +297,25 @@ def _ap_table(metrics: Mapping[str, Any]) -> list[str]:
     for key in AP_SHOWN:
         base, tuned = (metrics["models"][s]["auto"]["coco"][key] for s in SIDES)
         lines.append(f"| {key} | {_fmt(base)} | {_fmt(tuned)} | {_delta(base, tuned)} |")
-    return lines + ["", ("`-` where the data has no object in that area range "
-                         "(small < 32², medium < 96² pixels, large above)."), ""]
+    lines += ["", ("`-` where the data has no object in that area range "
+                   "(small < 32², medium < 96² pixels, large above)."), ""]
+    return lines + _ap_category_table(metrics)
+
+
+def _ap_category_table(metrics: Mapping[str, Any]) -> list[str]:
+    tuned = metrics["models"]["tuned"]["auto"].get("coco_per_category") or {}
+    base = metrics["models"]["base"]["auto"].get("coco_per_category") or {}
+    if not tuned:
+        return []
+    lines = ["## Automatic masks: COCO mask AP per category", "",
+             ("The class-agnostic masks against each category's objects; masks on objects of "
+              "other categories are ignored (COCO crowd), masks on background count against "
+              "every category."), "",
+             "| category | objects | AP base | AP tuned | Δ | AP50 base | AP50 tuned |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for cid, entry in tuned.items():
+        b = base.get(cid, {})
+        lines.append(f"| {entry['name']} | {entry['n_objects']} | {_fmt(b.get('AP'))} | "
+                     f"{_fmt(entry['AP'])} | {_delta(b.get('AP'), entry['AP'])} | "
+                     f"{_fmt(b.get('AP50'))} | {_fmt(entry['AP50'])} |")
+    return lines + [""]
