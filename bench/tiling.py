@@ -10,8 +10,8 @@ much it rose above the RSS before it, records, and recall: the share of objects 
 record with IoU >= 0.5, and their mean best IoU.
 
 Cases: ``whole`` (the image shrunk to the model's input, as the official generators) and
-``tiled`` (``--tile-shape`` / ``--halo``, micro-sam's convention, the same points per side in
-every tile), plus ``tiled`` on a quarter of the image (the same object density) to show that
+``tiled`` (``--tile-shape`` / ``--halo``, micro-sam's convention, ``--points-per-side`` in
+every tile; the whole image gets ``--whole-points-per-side``, the official 32 by default), plus ``tiled`` on a quarter of the image (the same object density) to show that
 the peak does not grow with the image. ``--model oracle`` is not a model: a perfect local
 segmenter (the decoder returns the pixels of the prompt's colour on a flat-coloured version
 of the scene) that isolates what tiling and shrinking do, independent of weights.
@@ -133,8 +133,9 @@ def worker(args: argparse.Namespace) -> dict:
     flat = args.model == "oracle"
     model = oracle(load_model("sam_tiny")) if flat else load_model(args.model, checkpoint=args.checkpoint)
     image, labels = make_image(args.size, args.objects, args.seed, flat)
-    options = dict(points_per_side=args.points_per_side, output_mode="coco_rle",
-                   points_per_batch=args.points_per_batch)
+    per_side = args.points_per_side if args.case == "tiled" else args.whole_points_per_side
+    options = dict(points_per_side=per_side, output_mode="coco_rle",
+                   points_per_batch=args.points_per_batch, multimask_output=not args.single_mask)
     if args.pred_iou_thresh is not None:
         options["pred_iou_thresh"] = args.pred_iou_thresh
     if args.stability_score_thresh is not None:
@@ -165,7 +166,10 @@ def main() -> None:
     parser.add_argument("--tile-shape", type=int, nargs=2, default=(512, 512))
     parser.add_argument("--halo", type=int, nargs=2, default=(64, 64))
     parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--whole-points-per-side", type=int, default=32,
+                        help="points per side of the whole-image case (the official default)")
     parser.add_argument("--points-per-batch", type=int, default=64)
+    parser.add_argument("--single-mask", action="store_true", help="one mask per point, not three")
     parser.add_argument("--pred-iou-thresh", type=float, default=None)
     parser.add_argument("--stability-score-thresh", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -190,7 +194,9 @@ def main() -> None:
     whole, tiled = rows[0], rows[1]
     summary = {
         "model": args.model, "tile_shape": list(args.tile_shape), "halo": list(args.halo),
-        "points_per_side": args.points_per_side, "cpu": platform.processor() or platform.machine(),
+        "points_per_side_per_tile": args.points_per_side,
+        "points_per_side_whole": args.whole_points_per_side, "single_mask": args.single_mask,
+        "cpu": platform.processor() or platform.machine(),
         "threads": args.threads, "rows": rows,
         "recall_ratio_tiled_over_whole": (round(tiled["recall_iou50"] / whole["recall_iou50"], 2)
                                           if whole["recall_iou50"] else None),

@@ -114,3 +114,15 @@ def test_eval_in_bf16_says_so_in_the_report(tmp_path, dataset):
     for model in ("tuned", "base"):
         fp32, bf16 = (metrics[p]["models"][model]["box"]["mask"]["iou"] for p in ("fp32", "bf16"))
         assert abs(fp32 - bf16) < 0.05, (model, fp32, bf16)
+
+
+def test_eval_by_tiles_records_the_tiling(tmp_path, dataset):
+    run = make_run(tmp_path, dataset)
+    result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "box,none",
+                                 "--tile-shape", "20,24", "--halo", "8,8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["info"]["tiling"] == {"tile_shape": [20, 24], "halo": [8, 8]}
+    assert metrics["models"]["tuned"]["box"]["n_masks"] >= 2
+    bad = runner.invoke(app, ["eval", "--model", str(run), "--halo", "8,8"])
+    one_error_line(bad, "halo needs a tile_shape")
