@@ -16,8 +16,12 @@ they do not depend on which other images or modes are evaluated):
   prompt-free, semantic use of a fine-tuned decoder).
 - ``auto``: :class:`~samtune.infer.automatic.AutomaticMaskGenerator`; class-agnostic COCO mask
   AP through pycocotools (iouType ``segm``, ``useCats=0``, scores = predicted IoU, the standard
-  maxDets 100), and each ground-truth object matched to its best-IoU generated mask so that
-  ``auto`` also has per-mask rows.
+  maxDets 100), per category too when the data has several (:func:`coco_ap_per_category`),
+  and each ground-truth object matched to its best-IoU generated mask so that ``auto`` also
+  has per-mask rows.
+
+With ``EvalSettings.tile_shape`` (``--tile-shape``/``--halo``) every mode runs by tiles
+(:mod:`samtune.infer.tiling`): large images are evaluated at full resolution.
 
 Metrics are :func:`samtune.train.metrics.mask_metrics` at the original image size (boundary
 F1 with R0's exact band, IoU of empty vs empty = 1). Objects without pixels are left out.
