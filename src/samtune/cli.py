@@ -192,6 +192,11 @@ def train_command(
     if resume is not None and config is not None:
         raise SamtuneError("give either CONFIG or --resume RUN, not both")
     run_config = build_run_config(config, set_ or [], resume=resume)
+    if resume is not None and run_config.run_dir.resolve() != resume.resolve():
+        raise SamtuneError(
+            f"--resume {resume}: its config (output_dir/name) points to {run_config.run_dir}, "
+            f"and a resume writes only into the folder it names; add --set "
+            f"output_dir={resume.parent} --set name={resume.name} to continue it here")
     if print_config:
         console.print(to_yaml(run_config), highlight=False, markup=False, end="")
         return

@@ -11,3 +11,8 @@ class SamtuneError(Exception):
 
 class CheckpointError(SamtuneError):
     """A checkpoint cannot be found, downloaded, verified or loaded."""
+
+
+class SamtuneWarning(UserWarning):
+    """Something the user should know that does not stop the job (the CLI prints one
+    ``warning:`` line)."""

@@ -35,6 +35,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def is_temporary(path: Path) -> bool:
+    """A file :func:`atomic_path` left behind when a kill interrupted the write."""
+    return path.name.startswith(".") and ".tmp" in path.name
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files interrupted writes left in ``folder``; returns them."""
+    found = [p for p in folder.iterdir() if p.is_file() and is_temporary(p)] if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

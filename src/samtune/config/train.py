@@ -193,6 +193,9 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _stop_condition(self) -> RunConfig:
+        if self.train.max_steps == 0:
+            raise ValueError("train.max_steps is 0: nothing would train; give a number of steps, "
+                             "or -1 to train for train.max_epochs")
         if self.train.max_steps == -1 and self.train.max_epochs is None:
             raise ValueError("train.max_steps is -1 and train.max_epochs is null: training would never stop")
         return self

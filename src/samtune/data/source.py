@@ -21,7 +21,7 @@ import numpy as np
 
 from samtune.data.images import read_image_rgb
 from samtune.data.sample import Sample
-from samtune.errors import SamtuneError
+from samtune.errors import SamtuneError, SamtuneWarning
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class DataWarning(UserWarning):
+class DataWarning(SamtuneWarning):
     """A dataset problem that samtune worked around (skipped sample, thresholded JPEG mask)."""
 
 

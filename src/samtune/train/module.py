@@ -16,6 +16,8 @@ resumed run repeats the steps an uninterrupted one takes.
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ from torch import nn
 from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
 from samtune.data.prompts import PreviousLogitsStore
+from samtune.errors import SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
 from samtune.models.load import load_base_model
@@ -257,6 +260,34 @@ class FineTuneModule(L.LightningModule):
         for name, key in VAL_METRICS.items():
             self.log(f"val/{name}", values[key], prog_bar=name == "iou")
         self.val_metrics.reset()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """On resume, keep the schedule this config builds (over its ``max_steps``) rather
+        than the one saved: a longer ``max_steps`` extends the schedule instead of training
+        on at the old schedule's final rate."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("config", {})
+        before = (saved.get("train") or {}).get("max_steps")
+        now = self.config.train.max_steps
+        for state in checkpoint.get("lr_schedulers") or []:
+            if "lr_lambdas" in state:
+                state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
+        self._resumed = True
+        if before is not None and before != now and self.config.train.schedule.name != "constant":
+            warnings.warn(f"train.max_steps {before} -> {now}: the {self.config.train.schedule.name} "
+                          f"learning-rate schedule now spans {now} steps", SamtuneWarning,
+                          stacklevel=2)
+
+    def on_train_start(self) -> None:
+        """After a resume, the rate the schedule gives at the restored step (the optimizer
+        state carries the rate of the schedule it was saved with)."""
+        if not getattr(self, "_resumed", False):
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs,
+                                           sched.lr_lambdas, strict=True):
+                    group["lr"] = base * fn(sched.last_epoch)
 
     # --- optimizer ------------------------------------------------------------------------
     def configure_optimizers(self):

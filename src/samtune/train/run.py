@@ -22,11 +22,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
+    Checkpoint,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
 )
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
 from samtune.config.loading import read_yaml, to_yaml, validate
@@ -35,10 +37,17 @@ from samtune.data.batch import Collator, image_key
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
 from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
-from samtune.errors import SamtuneError
-from samtune.files import atomic_path, write_text
+from samtune.errors import SamtuneError, SamtuneWarning
+from samtune.files import atomic_path, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
+from samtune.train.checkpoint_files import (
+    AtomicCheckpointIO,
+    load_checkpoint_file,
+    resume_candidates,
+    write_checksums,
+)
+from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
 
 
@@ -57,12 +66,14 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 def train(config: RunConfig, resume: bool = False) -> TrainResult:
     """Train as ``config`` says; with ``resume``, continue the run in ``config.run_dir``
-    from its ``last.ckpt`` (optimizer, scheduler, step, data order)."""
+    from its newest complete checkpoint (optimizer, scheduler, step, data order), or start
+    it from step 0 when it was stopped before its first checkpoint."""
     run_dir = config.run_dir
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise SamtuneError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    for folder in (ckpt_dir, run_dir / "logs"):
+        remove_leftovers(folder)
+    start = resume_point(run_dir) if resume else None
     if not resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
         raise SamtuneError(f"{run_dir} already holds checkpoints: resume it with "
                            f"`samtune train --resume {run_dir}` or choose another name")
@@ -73,6 +84,11 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         raise SamtuneError("the training data holds no images")
     module = FineTuneModule(config).train()
     write_text(run_dir / "config.yaml", to_yaml(config))
+    csv_file = run_dir / "logs" / METRICS_FILE
+    if start is None:  # a fresh history: rows of an attempt that saved nothing are redone
+        csv_file.unlink(missing_ok=True)
+    else:
+        keep_rows_before(csv_file, checkpoint_step(start))
     store = PreviousLogitsStore() if _uses_logits(config) else None
     module.store = store
     if _cache_enabled(config, module):
@@ -92,17 +108,17 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
         seed=config.seed, store=store, crop_size=_crop_size(config, module),
     )
-    if resume:
-        done = batches_done_in_epoch(last)
+    if start is not None:
+        done = batches_done_in_epoch(start)
         if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
             datamodule.train_sampler.skip(done * t.batch_size)
     trainer = build_trainer(config, has_val=len(val_data) > 0)
     base: dict[str, float] = {}
     with _quiet_lightning():
-        if t.validate_before_training and len(val_data) and not resume:
+        if t.validate_before_training and len(val_data) and start is None:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
             write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
         save_last(trainer, last)
         final = {}
         if len(val_data):  # the trained weights' score, whatever the validation interval
@@ -110,6 +126,31 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
             write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
     best = _link_best(trainer)
     return TrainResult(run_dir, best, base or _read_base(run_dir), final)
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The checkpoint a resume starts from: the newest complete one (``last.ckpt`` unless a
+    kill interrupted its save); None when the run stopped before saving any (it starts
+    again from step 0)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise SamtuneError(f"{run_dir}: not a run folder (no config.yaml)")
+    ckpt_dir = run_dir / "checkpoints"
+    found = resume_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
+    if found:
+        return found[0]
+    damaged = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    if damaged:
+        raise SamtuneError(f"{ckpt_dir}: no complete checkpoint to resume from "
+                           f"({', '.join(damaged)} damaged); remove the folder to train the "
+                           "run again from step 0")
+    warnings.warn(f"{run_dir}: no checkpoint yet (stopped before the first save); "
+                  "training it from step 0", SamtuneWarning, stacklevel=2)
+    return None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer steps a checkpoint had completed."""
+    return int(load_checkpoint_file(checkpoint).get("global_step", 0))
 
 
 def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
@@ -124,10 +165,8 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         callbacks.append(RunCheckpoint(
             dirpath=ckpt_dir, filename=f"step={{step}}-{metric.replace('/', '_')}={{{metric}:.4f}}",
             auto_insert_metric_name=False, monitor=metric, mode=t.checkpoint.mode,
-            save_top_k=t.checkpoint.save_top_k, save_last=True,
+            save_top_k=t.checkpoint.save_top_k,
         ))
-    else:
-        callbacks.append(RunCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0))
     if t.checkpoint.every_n_steps:
         callbacks.append(RunCheckpoint(
             dirpath=ckpt_dir, filename="periodic-step={step}", auto_insert_metric_name=False,
@@ -137,8 +176,8 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         e = t.early_stopping
         callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
                                        min_delta=e.min_delta))
-    loggers = [TensorBoardLogger(run_dir, name="logs", version=""),
-               CSVLogger(run_dir, name="logs", version="")]
+    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps))
+    loggers = [TensorBoardLogger(run_dir, name="logs", version=""), RunCSVLogger(run_dir)]
     by_steps = t.val_every_n_steps is not None
     return L.Trainer(
         default_root_dir=run_dir,
@@ -160,6 +199,7 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         # metric states made in the first validate() must stay writable in later ones
         inference_mode=False,
@@ -168,18 +208,35 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint that also writes ``<name>.safetensors`` beside each file,
-    holding only the trained tensors (official names, LoRA tensors included), and removes it
-    with its checkpoint."""
+    holding only the trained tensors (official names, LoRA tensors included), then the
+    ``<name>.sha256`` sidecar of both; its checkpoint IO removes all three together."""
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         save_trained_tensors(trainer, Path(filepath))
+        if trainer.is_global_zero:
+            write_checksums(Path(filepath))
 
-    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._remove_checkpoint(trainer, filepath)
-        side = Path(filepath).with_suffix(".safetensors")
-        if trainer.is_global_zero and side.exists():
-            side.unlink()
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` after every validation of the fit and every ``every_n_steps`` steps, so a
+    resume never goes back further than the latest checkpoint of any kind.
+
+    A :class:`Checkpoint`, so Lightning runs it after the other callbacks (checkpoint
+    callbacks last, in their order): the file holds their state after this step's save.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            save_last(trainer, self.path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            save_last(trainer, self.path)
 
 
 def save_trained_tensors(trainer: L.Trainer, checkpoint: Path) -> None:
@@ -195,9 +252,11 @@ def save_trained_tensors(trainer: L.Trainer, checkpoint: Path) -> None:
 
 
 def save_last(trainer: L.Trainer, last: Path) -> None:
-    """``last.ckpt`` at the step training ended on, whatever the checkpoint intervals."""
+    """``last.ckpt``, its trained tensors and their sidecar, at the current step."""
     trainer.save_checkpoint(last)
     save_trained_tensors(trainer, last)
+    if trainer.is_global_zero:
+        write_checksums(last)
 
 
 def batches_done_in_epoch(checkpoint: Path) -> int:
@@ -207,7 +266,7 @@ def batches_done_in_epoch(checkpoint: Path) -> int:
     epoch's data from its first batch; the sampler's order depends only on (seed, epoch), so
     skipping this many batches continues the epoch exactly where it stopped.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(checkpoint)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
     return int(progress["processed"])
 
@@ -311,7 +370,7 @@ def _crop_size(config: RunConfig, module: FineTuneModule) -> int | None:
 def _link_best(trainer: L.Trainer) -> Path | None:
     best = None
     for cb in trainer.checkpoint_callbacks:
-        if cb.monitor and cb.best_model_path:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
             best = Path(cb.best_model_path)
     if best is None or not best.is_file():
         return None
