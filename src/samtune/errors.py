@@ -13,6 +13,10 @@ class CheckpointError(SamtuneError):
     """A checkpoint cannot be found, downloaded, verified or loaded."""
 
 
+class NonFiniteError(SamtuneError):
+    """Training produced a NaN or infinite loss or gradient (it diverged)."""
+
+
 class SamtuneWarning(UserWarning):
     """Something the user should know that does not stop the job (the CLI prints one
     ``warning:`` line)."""

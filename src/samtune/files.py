@@ -72,4 +72,11 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """JSON that every parser reads: NaN and infinity are refused, never written."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as e:
+        from samtune.errors import SamtuneError
+
+        raise SamtuneError(f"{path}: not written: it would hold a NaN or infinite number") from e
+    return write_text(path, text + "\n")

@@ -172,6 +172,11 @@ class TrainConfig(_Section):
     compile: bool = False
     """``torch.compile`` the image encoder and the mask decoder (the first steps are slow
     while it compiles; needs a C++ compiler on CPU)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or infinite loss or gradient: ``stop`` ends training with an error naming the
+    step (the checkpoints keep the last finite weights); ``skip`` drops that batch's update
+    with a warning, at most ``max_skipped_batches`` times."""
+    max_skipped_batches: int = Field(10, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
     progress_bar: bool = True
 

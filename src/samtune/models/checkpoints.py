@@ -256,7 +256,19 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+    check_finite(obj, path)
     return {_strip(k): v for k, v in obj.items()}
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged training run) by name."""
+    bad = [k for k, v in tensors.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source}: holds NaN or infinite weights ({bad[0]}"
+            + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+            + "): the training that wrote it diverged; use an earlier checkpoint")
 
 
 def _strip(key: str) -> str:

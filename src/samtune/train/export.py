@@ -32,6 +32,7 @@ from samtune.config.train import RunConfig
 from samtune.errors import CheckpointError, SamtuneError
 from samtune.files import atomic_path, write_json
 from samtune.models.adapter import Adapter
+from samtune.models.checkpoints import check_finite
 from samtune.models.load import (
     Delta,
     base_checksum,
@@ -124,6 +125,7 @@ def restore_module(state: dict, source: Path, config: RunConfig | None = None) -
                             adapter=build_adapter(get_spec(config.model.name)))
     expected = module.state_dict()
     sd = state["state_dict"]
+    check_finite(sd, source)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:

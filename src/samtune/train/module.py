@@ -26,7 +26,7 @@ from torch import nn
 from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
 from samtune.data.prompts import PreviousLogitsStore
-from samtune.errors import SamtuneWarning
+from samtune.errors import NonFiniteError, SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
 from samtune.models.load import load_base_model
@@ -67,6 +67,7 @@ class FineTuneModule(L.LightningModule):
         self.cache: EmbeddingCache | None = None
         self.store: PreviousLogitsStore | None = None
         self.encoder_calls = 0
+        self.skipped_batches = 0
 
     # --- trainable parameters -------------------------------------------------------------
     def _configure_trainable(self) -> None:
@@ -231,6 +232,9 @@ class FineTuneModule(L.LightningModule):
         if batch.num_objects == 0:
             return None
         total, parts, (logits, iou, low), _ = self._step(batch, "train")
+        if not torch.isfinite(total.detach()).all():
+            self.nonfinite(f"loss is {float(total.detach())}")
+            return None  # Lightning skips the backward pass and the optimizer step
         size = len(batch)
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         for k, v in parts.items():
@@ -260,6 +264,34 @@ class FineTuneModule(L.LightningModule):
         for name, key in VAL_METRICS.items():
             self.log(f"val/{name}", values[key], prog_bar=name == "iou")
         self.val_metrics.reset()
+
+    # --- divergence -----------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite gradient never reaches the weights. (With ``16-mixed`` the gradient
+        scaler owns this: it skips such steps and lowers its scale.)"""
+        if self.config.train.precision == "16-mixed":
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            self.nonfinite("gradient is not finite")
+            optimizer.zero_grad(set_to_none=True)  # the step then changes nothing
+
+    def nonfinite(self, what: str) -> None:
+        """Stop with an error naming the step, or (``on_nonfinite: skip``) warn and count."""
+        t = self.config.train
+        step = int(self.global_step) + 1
+        if t.on_nonfinite == "skip":
+            self.skipped_batches += 1
+            if self.skipped_batches <= t.max_skipped_batches:
+                warnings.warn(f"step {step}: the training {what}; batch skipped "
+                              f"({self.skipped_batches} of at most {t.max_skipped_batches})",
+                              SamtuneWarning, stacklevel=2)
+                return
+            what += f" for the {self.skipped_batches}th time (train.max_skipped_batches)"
+        raise NonFiniteError(
+            f"step {step}: the training {what}: training diverged and stopped; the checkpoints "
+            "hold the last finite weights. Lower train.optimizer.lr, set "
+            "train.optimizer.grad_clip, or set train.on_nonfinite=skip")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """On resume, keep the schedule this config builds (over its ``max_steps``) rather
