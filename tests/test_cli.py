@@ -24,7 +24,8 @@ def test_models_lists_names_and_presence(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
     assert set(rows) == {"mobile_sam", "mobile_sam_tiny"}
-    assert "yes" in rows["mobile_sam"] and "n/a" in rows["mobile_sam_tiny"]
+    # a file that is not the published one is not shown as present
+    assert "wrong sha256" in rows["mobile_sam"] and "n/a" in rows["mobile_sam_tiny"]
 
 
 def test_data_check_exit_codes(tmp_path):

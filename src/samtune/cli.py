@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from samtune.errors import SamtuneError
+from samtune.errors import SamtuneError, SamtuneWarning
 
 app = typer.Typer(
     help="Fine-tune, evaluate and serve Segment Anything models on your own data.",
@@ -31,6 +32,19 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """samtune's own warnings as one ``warning:`` line (no file, line number or code)."""
+    if issubclass(category, SamtuneWarning):
+        return f"warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _one_line_warning
 
 
 def user_errors(fn):
@@ -91,19 +105,18 @@ def models_command(
     tiny: Annotated[bool, typer.Option(help="Include the random-init tiny variants.")] = True,
 ) -> None:
     """List the model names samtune knows, and which official checkpoints are in the cache."""
-    from samtune.models.checkpoints import cached_checkpoint, samtune_home
+    from samtune.models.checkpoints import published_status, samtune_home
     from samtune.models.registry import list_models
 
     table = Table(title=f"samtune models (cache: {samtune_home()})")
     for column in ("name", "family", "encoder", "input", "params", "checkpoint file", "sha256", "present"):
         table.add_column(column, justify="right" if column in ("input", "params") else "left")
     for spec in list_models(family=family, include_tiny=tiny):
-        present = cached_checkpoint(spec)
         table.add_row(
             spec.name, spec.family, spec.encoder, str(spec.input_size), f"{spec.params / 1e6:.1f}M",
             spec.filename or "(random init)",
             "published" if spec.sha256 else "-",
-            "yes" if present else ("n/a" if spec.filename is None else "no"),
+            published_status(spec),
         )
     console.print(table)
 
@@ -143,7 +156,8 @@ def predict_command(
 ) -> None:
     """Segment images from box/point prompts, a prompt file, or everything (--auto); write
     masks (or label maps), overlays and a COCO RLE file."""
-    from samtune.infer.predict_files import predict_paths
+    from samtune.devices import check_device
+    from samtune.infer.predict_files import plan_predictions, predict_paths
     from samtune.infer.predictor import Predictor
     from samtune.infer.prompted import parse_flag_prompts, read_prompt_file
     from samtune.models import load_model
@@ -154,9 +168,9 @@ def predict_command(
         raise SamtuneError("give exactly one of: --box/--point prompts, --prompts FILE, or --auto")
     objects = (parse_flag_prompts(box or [], point or []) if (box or point)
                else read_prompt_file(prompts) if prompts is not None else None)
-    if not inputs.exists():
-        raise SamtuneError(f"{inputs}: no such image file or folder")
     tiling = tiling_options(tile_shape, halo)
+    check_device(device)
+    plan_predictions(inputs, output, objects if objects is not None else [])  # before the model
     adapter = load_model(model, checkpoint=checkpoint, device=device)
     generator = None
     if auto:
@@ -318,6 +332,8 @@ def eval_command(
     """Compare a fine-tuned model with its base per prompt mode (IoU, Dice, pixel accuracy,
     boundary F1; COCO mask AP of automatic masks); write report.md, metrics.json, plots and
     comparison panels."""
+    from samtune.devices import check_device
+    from samtune.files import check_writable
     from samtune.infer.evaluate import EvalSettings, resolve_data, resolve_models, run_eval
     from samtune.models.fast import inference_options
 
@@ -329,6 +345,8 @@ def eval_command(
                             **tiling_options(tile_shape, halo))
     if output is None and Path(model).is_file():
         raise SamtuneError(f"--output FOLDER is needed: {model} is a checkpoint file, not a run folder")
+    check_device(device)
+    check_writable(output or Path(model) / "eval", "report folder")
     given = resolve_data(data, split) if data is not None else None  # a bad path fails first
     models = resolve_models(model, base, base_checkpoint, device)
     dataset, described, used_split = given or resolve_data(None, split, models.run_config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_writable(folder: str | Path, what: str = "output folder") -> None:
+    """Refuse, before any work, a folder that cannot be created or written (nothing is
+    created here: the nearest existing parent is checked)."""
+    from samtune.errors import SamtuneError
+
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SamtuneError(f"{folder}: cannot be the {what}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SamtuneError(f"{folder}: the {what} is not writable ({existing}: permission "
+                           "denied); choose another folder")
+
+
 def is_temporary(path: Path) -> bool:
     """A file :func:`atomic_path` left behind when a kill interrupted the write."""
     return path.name.startswith(".") and ".tmp" in path.name
@@ -42,10 +59,38 @@ def is_temporary(path: Path) -> bool:
 
 def remove_leftovers(folder: Path) -> list[Path]:
     """Delete the temporary files interrupted writes left in ``folder``; returns them."""
-    found = [p for p in folder.iterdir() if p.is_file() and is_temporary(p)] if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_file() and is_temporary(p)]
     for p in found:
         p.unlink(missing_ok=True)
     return found
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds it replaces
+    ``path`` whole (the old folder is moved aside, the new one renamed in, the old one
+    deleted), so a reader finds the old complete folder or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a kill
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        aside = None
+        if path.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", suffix=".tmp",
+                                          dir=path.parent))
+            os.replace(path, aside / path.name)
+        os.replace(staging, path)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -111,7 +111,7 @@ class NotATensor:
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "pickle.pth"
     torch.save({"model": NotATensor()}, path)
-    with pytest.raises(CheckpointError, match="will not unpickle"):
+    with pytest.raises(CheckpointError, match="never unpickles"):
         read_state_dict(path)
 
 
@@ -132,8 +132,16 @@ def test_bad_files_are_refused(tmp_path):
 def test_auto_uses_the_cached_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMTUNE_HOME", str(tmp_path))
     monkeypatch.setenv("SAMTUNE_OFFLINE", "1")
+    import dataclasses
+
+    from samtune.models import registry
+    from samtune.models.checkpoints import sha256_of
+
     official = build_official(get_spec("mobile_sam"))
     torch.save(official.state_dict(), tmp_path / "mobile_sam.pt")
+    # random weights stand in for the official file: publish their sha256 for this test
+    spec = dataclasses.replace(get_spec("mobile_sam"), sha256=sha256_of(tmp_path / "mobile_sam.pt"))
+    monkeypatch.setitem(registry._BY_NAME, "mobile_sam", spec)
     model = load_model("mobile_sam", checkpoint="auto")
     key = "mask_decoder.iou_token.weight"
     assert torch.equal(model.model.state_dict()[key], official.state_dict()[key])

@@ -180,3 +180,17 @@ def test_model_key_follows_the_image_encoder_only():
         adapter.model.image_encoder.patch_embed.proj.bias[0] += 1e-3
     assert model_key(adapter) != key
     assert preprocess_key(adapter).startswith("ResizeLongestSide(size=256")
+
+
+def test_an_entry_damaged_in_place_is_a_miss_with_a_warning(cache):
+    """Bytes overwritten inside the tensor data (same size, the header still parses) fail the
+    entry's checksum: a miss, never damaged features."""
+    features = Features(torch.randn(1, 64, 32, 32))  # 256 KiB of data
+    path = cache.put("img", features)
+    data = bytearray(path.read_bytes())
+    data[-8192:-4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged embedding cache entry"):
+        assert cache.get("img") is None
+    cache.put("img", features)
+    assert_same(cache.get("img"), features)

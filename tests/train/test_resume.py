@@ -81,7 +81,8 @@ def files(run: Path) -> set[str]:
     return {f for f in found if "tfevents" not in f}
 
 
-def test_kill_during_a_checkpoint_write_resumes_to_the_same_run(make_config, tmp_path, uninterrupted):
+def test_kill_during_a_checkpoint_write_resumes_to_the_same_run(make_config, tmp_path,
+                                                                 uninterrupted):
     """Killed while last.ckpt is written after the validation at step 3: the old last.ckpt
     (step 2) stays whole, and the resume starts from the step-3 best checkpoint."""
     run = killed_run(make_config, tmp_path, "write", 3)

@@ -172,3 +172,17 @@ def test_random_crop_trains_on_windows_at_the_model_size(make_config, monkeypatc
                          "data.val=null")
     train(config)
     assert sizes and set(sizes) == {256}  # sam_tiny's input size
+
+
+def test_a_cache_folder_that_cannot_be_written(make_config, tmp_path, monkeypatch):
+    blocker = tmp_path / "home_is_a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("SAMTUNE_HOME", str(blocker / "samtune"))
+    from samtune.config.loading import to_yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(to_yaml(make_config("train.max_steps=1")))
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "SAMTUNE_HOME" in lines[0], result.output

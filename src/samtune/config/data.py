@@ -32,6 +32,10 @@ class SourceConfig(BaseModel):
     _annotations.coco.json, R4's data/ or train/ val/) and LabPicsV1 from the files present."""
     name: str | None = None
     """Name used in messages and logs; the folder name by default."""
+    allow_outside_paths: bool = False
+    """Read files that lie outside the dataset folder: COCO ``file_name`` entries with
+    ``../`` or an absolute path, symlinks that point elsewhere. Off, they are errors that
+    name the file (a dataset from elsewhere then cannot make samtune read other files)."""
 
     objects: Literal["auto", "components", "whole", "label_map"] = "auto"
     """Folder masks: how a mask becomes objects. ``whole``: everything > 0 is one object (R1,

@@ -169,6 +169,8 @@ class CocoSource(Source):
                          .lstrip("./"), f"listed in {rel} (image id {entry['id']}) but missing;"
                          " add the file or remove its entry")
             return None
+        if not self.confined(path, self.config.allow_outside_paths):
+            return None
         return CocoItem(path, entry["id"], entry.get("height"), entry.get("width"))
 
     def _find_image(self, file_name: str) -> Path | None:

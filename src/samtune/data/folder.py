@@ -109,7 +109,9 @@ class FolderSource(Source):
                              "zeros for a background-only image) or remove the image")
                 continue
             used.add(mask_key)
-            self._items.append(FolderItem(image, masks[mask_key]))
+            allow = self.config.allow_outside_paths
+            if self.confined(image, allow) and self.confined(masks[mask_key], allow):
+                self._items.append(FolderItem(image, masks[mask_key]))
         for key, mask in masks.items():
             if key not in used:
                 self.problem("warning", mask, "mask without an image (no image with the stem "

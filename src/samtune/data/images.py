@@ -7,6 +7,7 @@ Each is turned into what the SAM predictors expect, and a file that cannot be re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,28 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from samtune.errors import SamtuneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: The largest image samtune decodes: 100 megapixels (10000x10000), about 300 MB as RGB and
+#: several GB in the working copies of prediction; ``SAMTUNE_MAX_IMAGE_PIXELS`` changes it.
+#: Larger images are refused from their header, before any decoding.
+DEFAULT_MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = None  # samtune's own limit, checked first, replaces Pillow's
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("SAMTUNE_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise SamtuneError(f"SAMTUNE_MAX_IMAGE_PIXELS={value!r}: expected a whole number of "
+                           "pixels") from None
+
+
+def check_pixels(path: Path, h: int, w: int) -> None:
+    limit = max_image_pixels()
+    if h * w > limit:
+        raise SamtuneError(f"{path}: {w}x{h} pixels is above samtune's limit of {limit:,} "
+                           "pixels; downscale or tile the image, or raise "
+                           "SAMTUNE_MAX_IMAGE_PIXELS")
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
@@ -41,6 +64,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
+            check_pixels(path, h, w)
             # EXIF orientations 5-8 rotate by 90 degrees, which read_image_rgb applies
             rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except FileNotFoundError:
@@ -53,6 +77,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def _read_pil(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            check_pixels(path, im.height, im.width)
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("P", "PA"):
@@ -74,7 +99,14 @@ def _read_tiff(path: Path) -> np.ndarray:
     if not path.is_file():
         raise SamtuneError(f"{path}: no such file")
     try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+        if len(shape) >= 2:
+            dims = sorted(shape)[-2:]  # the two largest axes are the image plane
+            check_pixels(path, dims[0], dims[1])
         array = tifffile.imread(path)
+    except SamtuneError:
+        raise
     except Exception as e:  # tifffile raises a variety of types for bad files
         raise SamtuneError(f"{path}: not a readable TIFF ({e})") from e
     array = np.squeeze(array)

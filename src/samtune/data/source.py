@@ -106,6 +106,21 @@ class Source(Sequence[Sample]):
         except ValueError:
             return Path(path).as_posix()
 
+    def confined(self, path: Path, allow_outside: bool) -> bool:
+        """Whether ``path`` (symlinks followed) lies inside the dataset folder; when it does
+        not and ``allow_outside`` is off, an error problem names it and the file is not read."""
+        if allow_outside:
+            return True
+        root = self.root.resolve()
+        if not root.is_dir():
+            root = root.parent
+        if path.resolve().is_relative_to(root):
+            return True
+        self.problem("error", path, f"leads outside the dataset folder {self.root} (to "
+                     f"{path.resolve()}); move the file into it, or set "
+                     "allow_outside_paths: true on this data source")
+        return False
+
     def problem(self, level: Literal["error", "warning"], path: Path | str, message: str,
                 annotation_id: int | None = None) -> Problem:
         """Record a problem found while indexing and return it."""

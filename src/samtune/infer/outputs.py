@@ -19,6 +19,9 @@ from samtune.infer.rle import encode_coco_rle
 from samtune.infer.visualize import overlay
 
 
+PREDICTIONS_FILE = "predictions.json"
+
+
 @dataclass
 class ImagePrediction:
     """One image's predicted objects: (N, H, W) bool masks and (N,) scores, with the prompts
@@ -84,6 +87,9 @@ class CocoWriter:
         self.images: list[dict] = []
         self.annotations: list[dict] = []
         self.categories: dict[int, str] = {}
+        #: the other files of this result, listed in ``info`` so the next predict into the
+        #: same folder removes exactly them
+        self.files: list[str] = []
 
     def add(self, prediction: ImagePrediction) -> None:
         h, w = prediction.image.shape[:2]
@@ -110,5 +116,5 @@ class CocoWriter:
 
     def write(self, path: Path) -> Path:
         categories = [{"id": c, "name": n} for c, n in sorted((self.categories or {1: "object"}).items())]
-        return write_json(path, {"images": self.images, "annotations": self.annotations,
-                                 "categories": categories})
+        return write_json(path, {"info": {"samtune_files": self.files}, "images": self.images,
+                                 "annotations": self.annotations, "categories": categories})

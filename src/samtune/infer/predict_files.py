@@ -8,6 +8,7 @@ everything"). Each image is encoded once; its objects are decoded in batches.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 
 from samtune.data.images import IMAGE_SUFFIXES, image_size, read_image_rgb
 from samtune.errors import SamtuneError
-from samtune.infer.outputs import CocoWriter, ImagePrediction, write_image_outputs
+from samtune.files import check_writable
+from samtune.infer.outputs import PREDICTIONS_FILE, CocoWriter, ImagePrediction, write_image_outputs
 from samtune.infer.predictor import Predictor
 from samtune.infer.prompted import ObjectPrompt, predict_objects
 
@@ -67,12 +69,8 @@ def predict_paths(
     if (prompts is None) == (generator is None):
         raise SamtuneError("give prompts (--box, --point or --prompts FILE) or --auto, not both "
                            "and not neither")
-    root, images = find_images(inputs)
-    jobs = _jobs(root, images, prompts)
-    for name, path, objects in jobs:  # every prompt checked before anything is written
-        size = image_size(path)
-        for i, obj in enumerate(objects):
-            obj.check_inside(size, f"{name} object {i}")
+    jobs = plan_predictions(inputs, output, prompts)
+    clear_earlier_result(output)
     result = PredictResult()
     coco = CocoWriter()
     for name, path, objects in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) < 2):
@@ -86,9 +84,46 @@ def predict_paths(
         coco.add(prediction)
         result.images += 1
         result.objects += len(prediction.masks)
-    result.coco = coco.write(output / "predictions.json")
+    coco.files = sorted({p.name for p in result.written})
+    result.coco = coco.write(output / PREDICTIONS_FILE)
     result.written.append(result.coco)
     return result
+
+
+def plan_predictions(inputs: Path, output: Path,
+                     prompts) -> list[tuple[str, Path, list[ObjectPrompt]]]:
+    """(name, image path, objects) per image, with every input checked before a model loads
+    or a file is written: the images exist and are within the size limit, every prompt lies
+    inside its image, and the output folder is writable."""
+    root, images = find_images(inputs)
+    jobs = _jobs(root, images, prompts)
+    for name, path, objects in jobs:
+        size = image_size(path)
+        for i, obj in enumerate(objects):
+            obj.check_inside(size, f"{name} object {i}")
+    check_writable(output)
+    return jobs
+
+
+def clear_earlier_result(output: Path) -> list[Path]:
+    """Delete the files an earlier ``predict`` wrote into ``output`` (the ones its
+    ``predictions.json`` lists), so the folder never mixes two results; returns them.
+    A folder with a ``predictions.json`` that does not list its files is refused."""
+    coco = output / PREDICTIONS_FILE
+    if not coco.is_file():
+        return []
+    try:
+        files = json.loads(coco.read_text(encoding="utf-8")).get("info", {}).get("samtune_files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if not isinstance(files, list):
+        raise SamtuneError(f"{coco}: an earlier result that does not list its files; predict "
+                           "into another --output folder or remove that one")
+    removed = [output / Path(str(name)).name for name in files]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    coco.unlink()
+    return removed
 
 
 def _jobs(root: Path, images: list[Path], prompts) -> list[tuple[str, Path, list[ObjectPrompt]]]:

@@ -120,7 +120,7 @@ def _coco_prompts(data: dict, path: Path) -> dict[str, list[ObjectPrompt]]:
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise SamtuneError(f"{where}: needs a 'bbox' [x, y, width, height] to prompt with")
-        x, y, w, h = (float(v) for v in bbox)
+        x, y, w, h = _coords(bbox, where, "bbox")
         obj = _object([x, y, x + w, y + h], None, None, where)
         obj.category_id = ann.get("category_id")
         obj.category_name = categories.get(obj.category_id)
@@ -149,12 +149,26 @@ def _json_object(obj, where: str) -> ObjectPrompt:
 
 
 def _object(box, points, labels, where: str) -> ObjectPrompt:
-    b = None if box is None else np.asarray(box, dtype=np.float64)
+    b = None if box is None else _coords(box, where, "box")
     if b is not None and (b[2] <= b[0] or b[3] <= b[1]):
         raise SamtuneError(f"{where} {_fmt(b)}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0")
-    p = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    p = None if points is None else _coords(points, where, "points").reshape(-1, 2)
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     return ObjectPrompt(b, p, lab)
+
+
+def _coords(values, where: str, what: str) -> np.ndarray:
+    """Pixel coordinates as finite float64 numbers; anything else is one error line."""
+    try:
+        if any(isinstance(v, (str, bool)) for v in np.ravel(np.asarray(values, dtype=object))):
+            raise ValueError
+        array = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise SamtuneError(f"{where}: '{what}' must hold numbers (pixel coordinates), "
+                           f"got {values!r}") from None
+    if not np.isfinite(array).all():
+        raise SamtuneError(f"{where}: '{what}' holds a NaN or infinite coordinate ({values!r})")
+    return array
 
 
 def _numbers(text: str, flag: str, lengths: tuple[int, ...]) -> list[float]:
@@ -162,6 +176,8 @@ def _numbers(text: str, flag: str, lengths: tuple[int, ...]) -> list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
+    if not all(np.isfinite(values)):
+        raise SamtuneError(f"{flag} {text!r}: coordinates must be finite numbers")
     if len(values) not in lengths:
         want = " or ".join(str(n) for n in lengths)
         raise SamtuneError(f"{flag} {text!r}: expected {want} comma-separated numbers")

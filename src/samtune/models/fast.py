@@ -125,6 +125,11 @@ def _tiny_vit_fused_classes(package: str) -> dict[type, type]:
     """
     import importlib
 
+    if package.startswith("mobile_sam"):
+        from samtune.models.sam import import_mobile_sam
+
+        import_mobile_sam()
+
     tiny_vit_name, transformer_name = _TINY_VIT_PACKAGES[package]
     tiny_vit = importlib.import_module(tiny_vit_name)
     transformer = importlib.import_module(transformer_name)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from samtune.devices import check_device
 from samtune.errors import CheckpointError, SamtuneError
 from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import (
@@ -84,6 +85,7 @@ def load_model(
     delta records). The base must be the one the delta was trained from, else
     :class:`CheckpointError`.
     """
+    device = check_device(device)
     target = str(name_or_path)
     spec = _known_name(target)
     if spec is not None:

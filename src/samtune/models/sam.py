@@ -9,6 +9,7 @@ tiny variants use the same ``modeling`` classes with small widths and a 256 inpu
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -20,6 +21,16 @@ from samtune.models.preprocess import ResizeLongestSide
 from samtune.models.registry import ModelSpec
 
 
+
+def import_mobile_sam() -> None:
+    """Import ``mobile_sam`` without the nine warnings it makes timm print (deprecated
+    ``timm.models.layers`` imports, TinyViT names registered twice): they tell a samtune user
+    nothing they can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
+        import mobile_sam.modeling  # noqa: F401
+
 def build_sam(spec: ModelSpec) -> nn.Module:
     """Random-init official module for a SAM/MedSAM/MobileSAM spec."""
     if spec.family == "sam":
@@ -29,6 +40,7 @@ def build_sam(spec: ModelSpec) -> nn.Module:
             return _build_tiny_sam()
         return sam_model_registry[spec.encoder]()
     if spec.family == "mobile_sam":
+        import_mobile_sam()
         from mobile_sam import sam_model_registry
 
         if spec.encoder == "tiny_vit_tiny":
@@ -80,6 +92,7 @@ def _tiny_vit_class():
     everything else in it already follows ``img_size``. This subclass changes only that
     reshape, so a 256-input TinyViT runs through the official code otherwise unchanged.
     """
+    import_mobile_sam()
     from mobile_sam.modeling import TinyViT
 
     class AnySizeTinyViT(TinyViT):
@@ -95,6 +108,7 @@ def _tiny_vit_class():
 
 
 def _build_tiny_mobile_sam() -> nn.Module:
+    import_mobile_sam()
     from mobile_sam import modeling
 
     encoder = _tiny_vit_class()(

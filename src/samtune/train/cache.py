@@ -5,7 +5,9 @@ holding the :class:`~samtune.models.adapter.Features` record of that image (batc
 and a metadata header: format name and version, model key, preprocess key, image id, dtype and
 the shape of every tensor. A read checks all of it; anything that does not match (another
 model, another preprocessing, an older format, a damaged or truncated file) is a *miss*, never
-an error, and the next ``put`` overwrites the entry. Writes go to a temporary name beside the
+an error, and the next ``put`` overwrites the entry. Each entry carries the sha256 of its
+tensors: a file damaged in place (same size, so the header still parses) is a miss too, with
+a warning, and is encoded again. Writes go to a temporary name beside the
 entry and are renamed into place (:func:`samtune.files.atomic_path`), so a reader never sees a
 half-written file and a leftover temporary file is simply ignored.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -34,11 +37,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from samtune.errors import SamtuneWarning
 from samtune.files import atomic_path
 from samtune.models.adapter import Adapter, Features
+from samtune.models.checkpoints import tensor_checksum
 
 FORMAT = "samtune-embedding"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 _READ_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 
 
@@ -172,6 +177,10 @@ class EmbeddingCache:
             return None
         if any(t.dtype != self.dtype for t in tensors.values()) or "image_embed" not in tensors:
             return None
+        if meta.get("sha256") != tensor_checksum(tensors):
+            warnings.warn(f"{path}: damaged embedding cache entry (checksum mismatch); "
+                          "encoding the image again", SamtuneWarning, stacklevel=3)
+            return None
         return Features.from_tensors(tensors)
 
     def _metadata_matches(self, meta: dict[str, str], image_id: str) -> bool:
@@ -202,6 +211,7 @@ class EmbeddingCache:
         }
         meta = self._metadata(image_id)
         meta["shapes"] = json.dumps({n: list(t.shape) for n, t in tensors.items()})
+        meta["sha256"] = tensor_checksum(tensors)
         path = self.path(image_id)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)

@@ -15,7 +15,6 @@ between the writes leaves a checkpoint whose sidecar is missing or stale, which 
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from samtune.errors import CheckpointError, SamtuneWarning
 from samtune.files import atomic_path, is_temporary, write_text
-from samtune.models.checkpoints import sha256_of
+from samtune.models.checkpoints import load_tensors_file, sha256_of
 
 SIDECAR_SUFFIX = ".sha256"
-#: What ``torch.load`` raises on a file that is not a whole, tensor-only checkpoint.
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError,
-               IndexError, TypeError, AttributeError, ImportError)
 
 
 def sidecar_of(path: Path) -> Path:
@@ -85,15 +81,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     check_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: holds Python objects beyond tensors, which samtune never unpickles (it "
-            "is not a checkpoint samtune wrote, or it was altered)") from e
-    except LOAD_ERRORS as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint: empty, truncated or "
-                              f"damaged ({type(e).__name__})") from e
+    state = load_tensors_file(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     return state

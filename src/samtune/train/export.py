@@ -20,7 +20,6 @@ and reads the trained tensors off it, so the delta's names are the training name
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +29,9 @@ from samtune import __version__
 from samtune.config.loading import read_yaml, validate
 from samtune.config.train import RunConfig
 from samtune.errors import CheckpointError, SamtuneError
-from samtune.files import atomic_path, write_json
+from samtune.files import atomic_folder, write_json
 from samtune.models.adapter import Adapter
-from samtune.models.checkpoints import check_finite
+from samtune.models.checkpoints import check_finite, sha256_of
 from samtune.models.load import (
     Delta,
     base_checksum,
@@ -42,6 +41,7 @@ from samtune.models.load import (
 )
 from samtune.models.lora import merge_lora
 from samtune.models.registry import get_spec
+from samtune.train.checkpoint_files import load_checkpoint_file
 from samtune.train.module import GROUPS, FineTuneModule
 from samtune.train.run import load_run_config
 
@@ -105,10 +105,7 @@ def resolve_checkpoint(run_dir: Path, which: str | Path | None = None) -> Path:
 def read_training_checkpoint(path: Path) -> dict | None:
     """A samtune training checkpoint (Lightning ``.ckpt`` with the run config in its
     hyper-parameters), loaded without unpickling objects; None for other files."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
+    state = load_checkpoint_file(path)
     if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
         return None
     config = (state.get("hyper_parameters") or {}).get("config")
@@ -163,11 +160,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Adapter
     run_dir = Path(run_dir)
     manifest = run_dir / MANIFEST_FILE
     if not (run_dir / "config.yaml").is_file() and manifest.is_file():
+        verify_export(run_dir)
         name = json.loads(manifest.read_text(encoding="utf-8")).get("model")
         return load_model(name, checkpoint=run_dir / MODEL_FILE, device=device)
     config = run_config_of(run_dir)
     exported = run_dir / "export" / MODEL_FILE
-    if exported.is_file():
+    if exported.is_file() and (run_dir / "export" / MANIFEST_FILE).is_file():
+        verify_export(run_dir / "export")
         return load_model(config.model.name, checkpoint=exported, device=device)
     path = resolve_checkpoint(run_dir)
     state = read_training_checkpoint(path)
@@ -218,9 +217,9 @@ def export_model(
     ``trained``: the tensors training changed (un-merged names; empty for a plain model).
     ``lora``: the LoRA settings (targets, rank, alpha, dropout) when ``adapter`` holds LoRA
     layers; they are merged in place. ``base_checkpoint``/``base_seed`` say which base the
-    delta applies to. ``info`` joins the manifest. Each file is written atomically; an old
-    manifest is removed first and the new one written last, so a manifest is present only
-    beside a complete export.
+    delta applies to. ``info`` joins the manifest, with the sha256 of each file. The files are
+    written into a new folder that then replaces ``output`` whole
+    (:func:`samtune.files.atomic_folder`): never a new model beside an old delta.
     """
     from safetensors.torch import save_file
 
@@ -230,16 +229,26 @@ def export_model(
     checksum = base_checksum(adapter.model.state_dict(), trained)
     delta = Delta({k: v.detach().to("cpu").contiguous().clone() for k, v in trained.items()},
                   spec.name, checksum, base_checkpoint, base_seed, lora)
+    check_finite(delta.tensors, "the trained tensors")
     merge_lora(adapter.model)
     state = official_state_dict(adapter)
+    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST_FILE).is_file():
+        raise SamtuneError(f"{output}: holds files that are not a samtune export, and an export "
+                           "replaces its whole folder; choose a new or empty --output folder")
     paths = Exported(output, output / MODEL_FILE, output / DELTA_FILE, output / MANIFEST_FILE,
                      len(delta.tensors), sum(t.numel() for t in delta.tensors.values()))
-    output.mkdir(parents=True, exist_ok=True)
-    paths.manifest.unlink(missing_ok=True)
-    with atomic_path(paths.model) as tmp:
-        torch.save({"model": state} if spec.family == "sam2" else state, tmp)
-    with atomic_path(paths.delta) as tmp:
-        save_file(delta.tensors, str(tmp), metadata=delta.metadata())
+    with atomic_folder(output) as staging:
+        torch.save({"model": state} if spec.family == "sam2" else state, staging / MODEL_FILE)
+        save_file(delta.tensors, str(staging / DELTA_FILE), metadata=delta.metadata())
+        manifest = _manifest(spec, checksum, base_checkpoint, base_seed, lora, paths, info)
+        manifest["sha256"] = {name: sha256_of(staging / name) for name in (MODEL_FILE, DELTA_FILE)}
+        write_json(staging / MANIFEST_FILE, manifest)
+    return paths
+
+
+def _manifest(spec, checksum: str, base_checkpoint, base_seed, lora, paths: Exported,
+              info: dict | None) -> dict:
+    """What ``manifest.json`` says: the base, what trained, how the official code loads it."""
     manifest = {
         "format": MANIFEST_FORMAT,
         "samtune_version": __version__,
@@ -262,8 +271,22 @@ def export_model(
             manifest[key].update(value)
         else:
             manifest[key] = value
-    write_json(paths.manifest, manifest)
-    return paths
+    return manifest
+
+
+def verify_export(folder: Path) -> None:
+    """Refuse an export whose files do not match the sha256 in its manifest, naming the file."""
+    manifest = folder / MANIFEST_FILE
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8")).get("sha256") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{manifest}: not a readable export manifest; run "
+                              "`samtune export` again") from e
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file() or sha256_of(path) != digest:
+            raise CheckpointError(f"{path}: damaged or changed: its sha256 does not match "
+                                  f"{manifest.name}; run `samtune export` again")
 
 
 def official_loader(name: str, path: str) -> str:

@@ -305,8 +305,9 @@ class FineTuneModule(L.LightningModule):
                 state["lr_lambdas"] = [None] * len(state["lr_lambdas"])
         self._resumed = True
         if before is not None and before != now and self.config.train.schedule.name != "constant":
-            warnings.warn(f"train.max_steps {before} -> {now}: the {self.config.train.schedule.name} "
-                          f"learning-rate schedule now spans {now} steps", SamtuneWarning,
+            name = self.config.train.schedule.name
+            warnings.warn(f"train.max_steps {before} -> {now}: the {name} learning-rate "
+                          f"schedule now spans {now} steps", SamtuneWarning,
                           stacklevel=2)
 
     def on_train_start(self) -> None:

@@ -38,7 +38,7 @@ from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
 from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
 from samtune.errors import SamtuneError, SamtuneWarning
-from samtune.files import atomic_path, remove_leftovers, write_text
+from samtune.files import atomic_path, check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.checkpoint_files import (
@@ -92,6 +92,8 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     store = PreviousLogitsStore() if _uses_logits(config) else None
     module.store = store
     if _cache_enabled(config, module):
+        check_writable(samtune_home() / "embeddings", "embedding cache folder ($SAMTUNE_HOME); "
+                       "set SAMTUNE_HOME to a writable folder or train.cache_embeddings=off, and")
         module.cache = EmbeddingCache(samtune_home() / "embeddings", model_key(module.adapter),
                                       preprocess_key(module.adapter),
                                       dtype=getattr(torch, config.train.cache_dtype))
