@@ -238,3 +238,24 @@ def test_coco_prompts_carry_their_categories_into_results_pycocotools_reads(tmp_
     evaluator.evaluate()
     evaluator.accumulate()
     assert evaluator.eval["precision"].shape[2] == len(gt.getCatIds())  # per category
+
+
+def test_many_boxes_are_decoded_a_chunk_at_a_time(image_file, monkeypatch):
+    from samtune import load_model
+    from samtune.infer.predictor import Predictor
+    from samtune.infer.prompted import ObjectPrompt, predict_objects
+
+    predictor = Predictor(load_model("sam_tiny"))
+    predictor.set_image(np.asarray(Image.open(image_file)))
+    rng = np.random.default_rng(0)
+    objects = [ObjectPrompt(box=np.array([x, y, x + 15, y + 12], dtype=np.float64))
+               for x, y in zip(rng.integers(0, 60, 150), rng.integers(0, 45, 150))]
+    calls = []
+    original = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, **kw: calls.append(len(kw["box"]))
+                        or original(self, **kw))
+    masks, scores = predict_objects(predictor, objects)
+    assert calls == [64, 64, 22]
+    whole_masks, whole_scores = predict_objects(predictor, objects, chunk=150)
+    np.testing.assert_array_equal(masks, whole_masks)
+    np.testing.assert_allclose(scores, whole_scores, rtol=1e-5, atol=1e-6)

@@ -56,7 +56,13 @@ from samtune.infer.report import (
 )
 from samtune.infer.rle import coco_results, encode_coco_rles
 from samtune.models.adapter import Adapter
-from samtune.train.metrics import METRIC_NAMES, Counts, confusion_counts, mask_metrics
+from samtune.train.metrics import (
+    METRIC_NAMES,
+    Counts,
+    confusion_counts,
+    mask_metrics,
+    object_chunks,
+)
 
 #: every prompt mode, in report order
 MODES = ("box", "point", "points3", "box+point", "none", "auto")
@@ -202,8 +208,12 @@ def score_image(pred: np.ndarray, truth: np.ndarray, categories: Sequence[int], 
     """The record of (k, H, W) predicted vs true masks of one image."""
     p, t = torch.from_numpy(pred), torch.from_numpy(truth)
     values = mask_metrics(p, t)
-    c = confusion_counts(p, t)
-    counts = tuple(int(getattr(c, k).sum()) for k in ("tp", "fp", "fn", "tn"))
+    counts = [0, 0, 0, 0]
+    for rows in object_chunks(len(p), *p.shape[-2:]):
+        c = confusion_counts(p[rows], t[rows])
+        for i, k in enumerate(("tp", "fp", "fn", "tn")):
+            counts[i] += int(getattr(c, k).sum())
+    counts = tuple(counts)
     return ImageRecord(path, n_objects, {k: v.tolist() for k, v in values.items()},
                        list(categories), counts)  # type: ignore[arg-type]
 

@@ -188,13 +188,20 @@ def _fmt(values) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 
+#: Objects per decoder call in :func:`predict_objects`: the upsampled float logits of a call
+#: take objects x candidates x H x W x 4 bytes, so 20 000 boxes in one call needed 9 GB.
+OBJECTS_PER_CALL = 64
+
+
 def predict_objects(
-    predictor: Predictor, objects: Sequence[ObjectPrompt], multimask: bool = False
+    predictor: Predictor, objects: Sequence[ObjectPrompt], multimask: bool = False,
+    chunk: int = OBJECTS_PER_CALL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the prompted objects on the predictor's current image.
 
     Returns (N, K, H, W) bool masks and (N, K) scores, K = 3 with ``multimask`` else 1, in the
-    order of ``objects``. Objects with the same structure go through the decoder together.
+    order of ``objects``. Objects with the same structure go through the decoder together, up
+    to ``chunk`` at a time (memory beyond the output masks does not grow with the count).
     """
     groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
     for i, obj in enumerate(objects):
@@ -203,7 +210,9 @@ def predict_objects(
     k = 3 if multimask else 1
     masks = np.zeros((len(objects), k, h, w), dtype=bool)
     scores = np.zeros((len(objects), k), dtype=np.float32)
-    for (has_box, n_points), index in groups.items():
+    calls = [(key, index[i:i + chunk]) for key, index in groups.items()
+             for i in range(0, len(index), chunk)]
+    for (has_box, n_points), index in calls:
         group = [objects[i] for i in index]
         m, s, _ = predictor.predict(
             point_coords=np.stack([o.points for o in group]) if n_points else None,

@@ -179,6 +179,42 @@ def boundary_f1(
     return torch.where(both_empty, torch.full_like(f1, empty), f1)
 
 
+#: Pixels of the masks one metric pass works on at once (objects x height x width): the
+#: boundary F1's convolutions make float copies (and workspaces) of their input, so 2^22
+#: pixels keep a pass to a few hundred MiB whatever the number of objects (400 objects of
+#: 2048x1536 took 80 GB in one pass; bench/memory.py).
+CHUNK_PIXELS = 1 << 22
+
+
+def object_chunks(n: int, height: int, width: int, budget: int | None = None) -> list[slice]:
+    """Slices of ``n`` objects, each of at most ``budget`` pixels (default
+    :data:`CHUNK_PIXELS`) and at least one object."""
+    step = max(1, (budget or CHUNK_PIXELS) // max(1, height * width))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _chunked_values(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None,
+    boundary_tolerance: int,
+    empty: float,
+    boundary_empty: float,
+) -> tuple[Counts, dict[str, torch.Tensor]]:
+    """Counts and metric values of ``(N, H, W)`` masks, computed a chunk of objects at a time
+    (:func:`object_chunks`) and joined: the same numbers in bounded memory."""
+    parts = []
+    for rows in object_chunks(pred.shape[0], *pred.shape[-2:]):
+        v = valid[rows] if valid is not None and valid.dim() == pred.dim() else valid
+        counts = confusion_counts(pred[rows], target[rows], v)
+        parts.append((counts, _values(counts, pred[rows], target[rows], v, boundary_tolerance,
+                                      empty, boundary_empty)))
+    counts = Counts(*(torch.cat([getattr(c, k) for c, _ in parts])
+                      for k in ("tp", "fp", "fn", "tn")))
+    values = {k: torch.cat([v[k] for _, v in parts]) for k in parts[0][1]}
+    return counts, values
+
+
 def mask_metrics(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -192,6 +228,8 @@ def mask_metrics(
     ``pred``: bool masks or logits (thresholded at 0); ``target``: bool masks; ``valid``: pixels
     that count (e.g. not padding), broadcast against both; all shaped ``(..., H, W)``.
     """
+    if pred.dim() == 3 and pred.shape == target.shape and pred.shape[0] > 0:
+        return _chunked_values(pred, target, valid, boundary_tolerance, empty, boundary_empty)[1]
     counts = confusion_counts(pred, target, valid)
     return _values(counts, pred, target, valid, boundary_tolerance, empty, boundary_empty)
 
@@ -283,10 +321,8 @@ class MaskMetrics(Metric):
             )
         if pred.shape[0] == 0:
             return
-        counts = confusion_counts(pred, target, valid)
-        values = _values(
-            counts, pred, target, valid, self.boundary_tolerance, self.empty, self.boundary_empty
-        )
+        counts, values = _chunked_values(pred, target, valid, self.boundary_tolerance,
+                                         self.empty, self.boundary_empty)
         if image_index is None:
             image_index = torch.arange(pred.shape[0], device=pred.device)
         for name, per_mask in values.items():
