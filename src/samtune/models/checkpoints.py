@@ -99,7 +99,8 @@ def packaged_checkpoint(spec: ModelSpec) -> Path:
     return path
 
 
-#: ``{file name: {size, mtime_ns, sha256}}`` of cache files already hashed, beside them.
+#: ``{resolved path: {size, mtime_ns, sha256}}`` of official files already hashed, in the
+#: cache folder.
 VERIFIED_FILE = "verified.json"
 
 
@@ -133,9 +134,9 @@ def published_status(spec: ModelSpec) -> str:
 def _remembered_sha256(path: Path) -> str | None:
     import json
 
-    record = path.parent / VERIFIED_FILE
+    record = samtune_home() / VERIFIED_FILE
     try:
-        entry = json.loads(record.read_text(encoding="utf-8")).get(path.name) or {}
+        entry = json.loads(record.read_text(encoding="utf-8")).get(str(path.resolve())) or {}
     except (OSError, ValueError, AttributeError):
         return None
     st = path.stat()
@@ -149,15 +150,15 @@ def _remember_sha256(path: Path, digest: str) -> None:
 
     from samtune.files import write_json
 
-    record = path.parent / VERIFIED_FILE
+    record = samtune_home() / VERIFIED_FILE
     try:
         known = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     except (OSError, ValueError):
         known = {}
     st = path.stat()
-    known[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    if os.access(record.parent, os.W_OK):  # a read-only cache hashes the file again next time
-        write_json(record, known)
+    known[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    if record.parent.is_dir() and os.access(record.parent, os.W_OK):
+        write_json(record, known)  # a read-only cache hashes the file again next time
 
 
 def sha256_of(path: Path) -> str:
