@@ -165,7 +165,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Adapter
         return load_model(name, checkpoint=run_dir / MODEL_FILE, device=device)
     config = run_config_of(run_dir)
     exported = run_dir / "export" / MODEL_FILE
-    if exported.is_file():  # checked against its manifest (a model.pth put there by hand has none)
+    if exported.is_file():  # verified by its manifest; one put there by hand has none
         if (run_dir / "export" / MANIFEST_FILE).is_file():
             verify_export(run_dir / "export")
         return load_model(config.model.name, checkpoint=exported, device=device)
