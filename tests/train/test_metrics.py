@@ -188,8 +188,8 @@ def test_metrics_run_a_chunk_of_objects_at_a_time(monkeypatch):
     whole = metrics._values(metrics.confusion_counts(pred, target), pred, target, None, 0, 1.0, 0.0)
     monkeypatch.setattr(metrics, "CHUNK_PIXELS", 32 * 48 * 16)
     seen = []
-    original = metrics._conv_count
-    monkeypatch.setattr(metrics, "_conv_count", lambda m, k: seen.append(m.numel()) or original(m, k))
+    original = metrics.boundary_band
+    monkeypatch.setattr(metrics, "boundary_band", lambda m: seen.append(m.numel()) or original(m))
     chunked = metrics.mask_metrics(pred, target)
     assert max(seen) <= 32 * 48 * 16
     for name, values in whole.items():
