@@ -1,11 +1,13 @@
-"""The two image preprocessings of the SAM families, as small picklable objects.
+"""The image preprocessings of the SAM families, as small picklable objects.
 
 They live apart from the adapters so that data-loader workers can resize and normalize images
 (and map prompt coordinates) without holding the model. Each reproduces its official
 predictor's operations in the same order and precision:
 
-- :class:`ResizeLongestSide` (SAM, MedSAM, MobileSAM): PIL bilinear resize of the longest side
+- :class:`ResizeLongestSide` (SAM, MobileSAM): PIL bilinear resize of the longest side
   to S, normalize with the 0..255 pixel mean/std, zero-pad bottom/right to SxS.
+- :class:`MedSamResize` (MedSAM): bicubic antialiased resize to SxS (aspect not kept), then
+  min-max to [0, 1] over the whole image, no mean/std: the MedSAM authors' inference.
 - :class:`SquareResize` (SAM 2): scale to [0, 1], antialiased bilinear resize to SxS (aspect
   not kept), normalize with ImageNet mean/std.
 - :class:`ResizeLongestSideMinMax` (LiteMedSAM): OpenCV area resize of the longest side to S,
@@ -167,3 +169,38 @@ class ResizeLongestSideMinMax(Preprocessor):
         out = torch.zeros(3, self.size, self.size, device=device)
         out[:, :new_h, :new_w] = x
         return out
+
+
+class MedSamResize(Preprocessor):
+    """MedSAM's own preprocessing, as its authors' ``MedSAM_Inference.py`` does it.
+
+    ``skimage.transform.resize`` of the HxWx3 image to SxS (order 3, ``preserve_range``,
+    ``anti_aliasing``), cast back to uint8, then ``(x - min) / max(max - min, 1e-8)`` over
+    all pixels and channels; the result goes to the image encoder as it is (MedSAM bypasses
+    ``Sam.preprocess``, so no pixel mean/std). Boxes are scaled by S / W and S / H.
+    ``mean``/``std`` are 0 and 1: the normalization is the min-max itself.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        return self.size, self.size
+
+    def transform_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """Divide by the original size, then scale to S, in float64: ``box / [W, H] * 1024``."""
+        h, w = original_size
+        c = torch.as_tensor(np.array(coords, dtype=np.float64))
+        c[..., 0] = c[..., 0] / w * self.size
+        c[..., 1] = c[..., 1] / h * self.size
+        return c.float()
+
+    def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """HxWx3 uint8 -> (3, S, S) float32 in [0, 1]."""
+        from skimage.transform import resize
+
+        resized = resize(image, (self.size, self.size), order=3, preserve_range=True,
+                         anti_aliasing=True).astype(np.uint8)
+        low, high = float(resized.min()), float(resized.max())
+        x = (resized - low) / max(high - low, 1e-8)
+        return torch.tensor(x, device=device).float().permute(2, 0, 1).contiguous()

@@ -26,7 +26,9 @@ class ModelSpec:
     ``sam2_config`` pick the architecture inside the family. ``params`` is the exact parameter
     count of the official module (tested against a build on the meta device). ``sha256`` is set
     only where a checksum is published; ``download_page`` is where to fetch by hand when the
-    authors publish no direct URL (MedSAM).
+    authors publish no direct URL (MedSAM). ``preprocessing`` names a model's own image
+    preprocessing where it differs from its family's (``medsam``: the MedSAM authors'
+    square resize and min-max, :class:`~samtune.models.preprocess.MedSamResize`).
     """
 
     name: str
@@ -43,6 +45,7 @@ class ModelSpec:
     description: str = ""
     tiny: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    preprocessing: str = ""
 
 
 def _sam(name, encoder, params, filename, sha256, **kw) -> ModelSpec:
@@ -72,7 +75,7 @@ _SPECS: tuple[ModelSpec, ...] = (
          "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
          description="SAM ViT-H", aliases=("vit_h",)),
     ModelSpec("medsam", "sam", "vit_b", 1024, 93_735_472, "medsam_vit_b.pth",
-              download_page=MEDSAM_PAGE,
+              download_page=MEDSAM_PAGE, preprocessing="medsam",
               description="MedSAM (SAM ViT-B fine-tuned on medical images)"),
     ModelSpec("mobile_sam", "mobile_sam", "tiny_vit", 1024, 10_130_092, "mobile_sam.pt",
               MOBILE_SAM_URL,

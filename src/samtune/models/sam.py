@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samtune.models.adapter import Adapter, Features, Prompts
-from samtune.models.preprocess import ResizeLongestSide
+from samtune.models.preprocess import MedSamResize, Preprocessor, ResizeLongestSide
 from samtune.models.registry import ModelSpec
 
 
@@ -125,7 +125,10 @@ def _build_tiny_mobile_sam() -> nn.Module:
 
 
 class SamAdapter(Adapter):
-    """SAM, MedSAM and MobileSAM: ResizeLongestSide + pad, one 256-d embedding per image."""
+    """SAM, MedSAM and MobileSAM: one 256-d embedding per image. SAM and MobileSAM resize the
+    longest side and pad; MedSAM (``spec.preprocessing == "medsam"``) resizes to a square and
+    min-max normalizes, and sizes its low-res logits straight to the image, as its authors'
+    inference does."""
 
     family = "sam"
     group_prefixes = {
@@ -143,7 +146,9 @@ class SamAdapter(Adapter):
         return tuple(self.model.prompt_encoder.mask_input_size)
 
     @property
-    def preprocessor(self) -> ResizeLongestSide:
+    def preprocessor(self) -> Preprocessor:
+        if self.spec.preprocessing == "medsam":
+            return MedSamResize(self.image_size)
         return ResizeLongestSide(
             self.image_size,
             tuple(self.model.pixel_mean.flatten().tolist()),
@@ -176,6 +181,8 @@ class SamAdapter(Adapter):
     def postprocess(
         self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
+        if self.spec.preprocessing == "medsam":
+            return F.interpolate(low_res, original_size, mode="bilinear", align_corners=False)
         size = self.image_size
         masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
