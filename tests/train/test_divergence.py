@@ -1,5 +1,6 @@
 """A diverging run stops at its first non-finite loss or gradient; NaN weights never load."""
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -48,6 +49,9 @@ def test_nan_weights_never_load(tmp_path):
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match="NaN or infinite weights.*mask_decoder.iou_token"):
         load_model("sam_tiny", checkpoint=path)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 40, 3), dtype=np.uint8)).save(tmp_path / "image.png")
     result = CliRunner().invoke(app, ["predict", str(tmp_path), "--model", "sam_tiny",
                                       "--checkpoint", str(path), "--auto",
                                       "--output", str(tmp_path / "out")])
