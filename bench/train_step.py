@@ -67,7 +67,9 @@ def reference_step(module: FineTuneModule, batch, optimizer) -> torch.Tensor:
         for o in objects:
             group = next(g for g in batch.prompt_groups if (g.objects == o).any())
             row = (group.objects == o).nonzero().item()
-            sparse, dense = model.prompt_encoder(points=None, boxes=group.prompts.boxes[row : row + 1], masks=None)
+            one = group.prompts.select(torch.tensor([row], device=group.prompts.image_index.device))
+            points = None if one.points is None else (one.points, one.point_labels)
+            sparse, dense = model.prompt_encoder(points=points, boxes=one.boxes, masks=one.mask_inputs)
             low, iou = model.mask_decoder(image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                           multimask_output=False)

@@ -324,6 +324,11 @@ class FineTuneModule(L.LightningModule):
 
     # --- optimizer ------------------------------------------------------------------------
     def configure_optimizers(self):
+        return self.optimizer_and_schedule(int(self.trainer.estimated_stepping_batches))
+
+    def optimizer_and_schedule(self, total_steps: int) -> dict:
+        """The optimizer and Lightning's ``lr_scheduler`` entry for a run of ``total_steps``
+        optimizer steps; a loop outside Lightning (``bench/recipes.py``) uses it as is."""
         opt = self.config.train.optimizer
         groups = []
         for name, params in self.adapter.parameter_groups().items():
@@ -336,11 +341,10 @@ class FineTuneModule(L.LightningModule):
             optimizer = torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-        return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer, total_steps)}
 
-    def _scheduler(self, optimizer):
+    def _scheduler(self, optimizer, total: int):
         s = self.config.train.schedule
-        total = int(self.trainer.estimated_stepping_batches)
         if s.name == "plateau":
             mode = "min" if "loss" in s.monitor else "max"
             return build_scheduler(optimizer, "plateau", total, monitor=s.monitor, mode=mode,
