@@ -289,10 +289,10 @@ async function acceptMask(modelId) {
   if (!res) return;
   try {
     const r = await api("POST", "/api/masks", {image: S.image.id, mask: res.masks[res.selected], model: modelId});
+    S.history = []; S.prompts = []; S.results = {};   // ready for the next object, before the counts show
     showCounts(r);
     status(`saved object ${r.object} of ${S.image.name} from ${modelId} into ${r.folder}/${r.file}`);
     await loadSaved();
-    S.history = []; S.prompts = []; S.results = {};   // ready for the next object
     redraw(); renderMetrics();
   } catch (e) { status(e.message, true); }
 }
