@@ -44,7 +44,7 @@ RECIPES = {
     "lora": ["model.freeze=[image_encoder, prompt_encoder]",
              "model.lora={targets: [image_encoder], rank: 8, alpha: 16}"],
     "full": ["model.freeze=[]", "train.gradient_checkpointing=true"],
-    "seed_loop": ["model.freeze=[image_encoder, prompt_encoder]", "train.cache_embeddings=off"],
+    "seed_loop": ["model.freeze=[image_encoder, prompt_encoder]", "train.cache_embeddings='off'"],
 }
 PROMPT_MIXES = {"box": "{box: 1.0}", "points": "{points: 1.0}", "mixed": "{box: 0.5, points: 0.5}"}
 SCORED_MODES = ("box", "point")
