@@ -72,7 +72,7 @@ def reference_step(module: FineTuneModule, batch, optimizer) -> torch.Tensor:
             sparse, dense = model.prompt_encoder(points=points, boxes=one.boxes, masks=one.mask_inputs)
             low, iou = model.mask_decoder(image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                          multimask_output=False)
+                                          multimask_output=module.multimask(one))
             logits = module.upsample(low)
             valid = module.valid_mask(batch)[o : o + 1]
             total = total + module.loss(logits, batch.targets[o : o + 1], iou, valid=valid).total

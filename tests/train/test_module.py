@@ -1,5 +1,6 @@
 """Each training option takes effect: freezing, LoRA, accumulation, the cache, bf16, rounds."""
 
+import pytest
 import torch
 
 from samtune.data.batch import Collator
@@ -50,6 +51,55 @@ def test_lora_trains_only_adapter_tensors(make_config):
     assert changed and all("lora_" in n for n in changed)
     # lora_B starts at zero and must have moved
     assert any("lora_B" in n for n in changed)
+
+
+@pytest.mark.parametrize("batch_norm", ["frozen", "update"])
+def test_batch_norm_statistics_stay_pretrained_unless_asked(make_config, batch_norm):
+    """A LoRA run on TinyViT trains its encoder: its batch norms keep their running statistics
+    (eval mode) by default, and re-estimate them only with ``model.batch_norm=update``."""
+    config = make_config("model.name=mobile_sam_tiny", "model.freeze=[image_encoder, prompt_encoder]",
+                         "model.lora={targets: [image_encoder], rank: 2}",
+                         f"model.batch_norm={batch_norm}")
+    module = FineTuneModule(config).train()  # as train() builds it
+    stats = {n: b.clone() for n, b in module.adapter.model.named_buffers() if "running_mean" in n}
+    assert stats
+    _, data = first_batch(module, config)
+    fit(module, config, data)
+    moved = {n for n, b in module.adapter.model.named_buffers() if n in stats and not torch.equal(stats[n], b)}
+    if batch_norm == "frozen":
+        assert not moved
+        assert not any(k.endswith("running_mean") for k in module.trainable_state())
+    else:
+        assert moved == set(stats)
+        assert moved <= set(module.trainable_state())
+
+
+@pytest.mark.parametrize("setting", ["auto", "false"])
+def test_one_click_prompts_train_the_candidates_inference_reads(make_config, setting):
+    """``auto``: a one-click prompt gets three candidates (SAM's rule; eval's point mode and
+    segment-everything keep the best-scored of three), boxes one; a batch mixing both still
+    gives one loss. ``false``: one candidate for everything."""
+    config = make_config("prompts.mix={box: 0.5, points: 0.5}", f"train.multimask_output={setting}")
+    module = FineTuneModule(config).train()
+    batch, _ = first_batch(module, config)
+    calls = []
+    decode = module.adapter.decode
+
+    def recording(features, prompts, multimask_output):
+        calls.append((prompts.boxes is None and prompts.points.shape[1] == 1, multimask_output))
+        return decode(features, prompts, multimask_output=multimask_output)
+
+    module.adapter.decode = recording
+    total, _, (logits, iou, _), _ = module._step(batch, "train")
+    assert {one_click for one_click, _ in calls} == {True, False}  # the batch mixes both
+    if setting == "auto":
+        assert all(one_click == multimask for one_click, multimask in calls)
+        assert logits.shape[1] == iou.shape[1] == 3
+    else:
+        assert not any(multimask for _, multimask in calls)
+        assert logits.shape[1] == 1
+    assert torch.isfinite(total)
+    total.backward()
 
 
 def test_accumulation_steps_the_optimizer_every_k_batches(make_config):

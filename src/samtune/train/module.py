@@ -111,13 +111,18 @@ class FineTuneModule(L.LightningModule):
         return out
 
     def train(self, mode: bool = True) -> FineTuneModule:
-        """Frozen components stay in eval mode (TinyViT's batch norms must not update)."""
+        """Frozen components stay in eval mode (TinyViT's batch norms must not update), and so
+        do all batch norms unless ``model.batch_norm`` is ``update``."""
         super().train(mode)
         if mode:
             for group in GROUPS:
                 module = component(self.adapter, group)
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()
+            if self.config.model.batch_norm == "frozen":
+                for m in self.adapter.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
         return self
 
     # --- the step -------------------------------------------------------------------------
@@ -149,17 +154,22 @@ class FineTuneModule(L.LightningModule):
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(logits (N, K, S, S), iou (N, K), low_res (N, K, h, w)) per round, objects in batch
         order; round 0 uses the batch's prompts, each later round adds one click."""
-        multimask = self.config.train.multimask_output
         n = batch.num_objects
         outputs = []
         groups = [(objects, prompts) for objects, prompts in batch.prompt_groups]
         for r in range(rounds + 1):
             low_parts, iou_parts, order = [], [], []
             for objects, prompts in groups:
-                low, iou = self.adapter.decode(features, prompts, multimask_output=multimask and r == 0)
+                low, iou = self.adapter.decode(features, prompts,
+                                               multimask_output=r == 0 and self.multimask(prompts))
                 low_parts.append(low)
                 iou_parts.append(iou)
                 order.append(objects)
+            k = max(part.shape[1] for part in low_parts)
+            # where other prompts of the batch gave k candidates, one stands for k identical ones:
+            # the loss and the IoU head see the same values as for the one
+            low_parts = [part.expand(-1, k, -1, -1) for part in low_parts]
+            iou_parts = [part.expand(-1, k) for part in iou_parts]
             index = torch.cat(order)
             low = torch.empty((n, *low_parts[0].shape[1:]), device=self.device, dtype=low_parts[0].dtype)
             iou = torch.empty((n, iou_parts[0].shape[1]), device=self.device, dtype=iou_parts[0].dtype)
@@ -170,6 +180,15 @@ class FineTuneModule(L.LightningModule):
             if r < rounds:
                 groups = self._correct(groups, batch, logits, iou, low, generator)
         return outputs
+
+    def multimask(self, prompts: Prompts) -> bool:
+        """Whether these prompts get three candidates in the first round
+        (``train.multimask_output``; ``auto``: one click and nothing else)."""
+        setting = self.config.train.multimask_output
+        if setting != "auto":
+            return setting
+        return (prompts.boxes is None and prompts.mask_inputs is None and prompts.points is not None
+                and prompts.points.shape[1] == 1)
 
     def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
         size = self.adapter.image_size
