@@ -217,10 +217,13 @@ def train_command(
     from samtune.train.run import train
 
     result = train(run_config, resume=resume is not None)
-    _print_result(result)
+    if result.rank == 0:  # under DDP, every process returns here
+        _print_result(result)
 
 
 def _print_result(result) -> None:
+    if result.stopped_early:
+        console.print(result.stopped_early, highlight=False)
     console.print(f"run folder: {result.run_dir}", highlight=False)
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)

@@ -34,6 +34,7 @@ from samtune.models.lora import add_lora, component
 from samtune.train.cache import EmbeddingCache
 from samtune.train.losses import SegmentationLoss
 from samtune.train.metrics import MaskMetrics
+from samtune.train.prompt_reach import kinds_drawn, prompt_reach
 from samtune.train.schedules import build_scheduler
 
 GROUPS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -91,6 +92,14 @@ class FineTuneModule(L.LightningModule):
                 p.requires_grad_(False)
         for p in groups["other"].values():
             p.requires_grad_(False)
+        reach = prompt_reach(self.adapter, kinds_drawn(self.config.prompts,
+                                                       self.config.train.correction_rounds))
+        params = dict(self.adapter.model.named_parameters())
+        for name in reach.unreached:  # no prompt kind of this run could ever train them
+            params[name].requires_grad_(False)
+        #: trainable tensors that only some of the run's prompt kinds reach: any one step may
+        #: leave them without a gradient (DDP then has to look for unused parameters)
+        self.step_varying_parameters = reach.varying
         if not any(p.requires_grad for p in self.adapter.parameters()):
             raise ValueError("model.freeze leaves nothing to train; remove a group from it or add lora")
 
@@ -236,7 +245,8 @@ class FineTuneModule(L.LightningModule):
             self.nonfinite(f"loss is {float(total.detach())}")
             return None  # Lightning skips the backward pass and the optimizer step
         size = len(batch)
-        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        # averaged over the processes under DDP: the loss of the whole step's batch
+        self.log("train/loss", total, prog_bar=True, batch_size=size, sync_dist=True)
         for k, v in parts.items():
             self.log(f"train/loss_{k}", v, batch_size=size)
         if self.store is not None:

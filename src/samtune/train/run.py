@@ -27,7 +27,9 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
 )
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
@@ -49,6 +51,8 @@ from samtune.train.checkpoint_files import (
 )
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
+from samtune.train.notices import notify
+from samtune.train.progress import StepProgressBar
 
 
 @dataclass
@@ -57,6 +61,10 @@ class TrainResult:
     best_checkpoint: Path | None
     base_metrics: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    """This process's rank: under DDP every process returns, and only rank 0 reports."""
+    stopped_early: str | None = None
+    """Why early stopping ended the run (what it watched, the best value); None otherwise."""
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -114,20 +122,25 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         done = batches_done_in_epoch(start)
         if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
             datamodule.train_sampler.skip(done * t.batch_size)
-    trainer = build_trainer(config, has_val=len(val_data) > 0)
+    trainer = build_trainer(config, has_val=len(val_data) > 0,
+                            varying=module.step_varying_parameters)
     base: dict[str, float] = {}
     with _quiet_lightning():
         if t.validate_before_training and len(val_data) and start is None:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
-            write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
+            if trainer.is_global_zero:
+                write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
+        stopped = stop_reason(trainer)
         save_last(trainer, last)
         final = {}
         if len(val_data):  # the trained weights' score, whatever the validation interval
             final = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
-            write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
-    best = _link_best(trainer)
-    return TrainResult(run_dir, best, base or _read_base(run_dir), final)
+            if trainer.is_global_zero:
+                write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
+    best = _link_best(trainer) if trainer.is_global_zero else None
+    return TrainResult(run_dir, best, base or _read_base(run_dir), final, trainer.global_rank,
+                       stopped)
 
 
 def resume_point(run_dir: Path) -> Path | None:
@@ -155,7 +168,7 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(load_checkpoint_file(checkpoint).get("global_step", 0))
 
 
-def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
+def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = ()) -> L.Trainer:
     t = config.train
     run_dir = config.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -179,6 +192,8 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
                                        min_delta=e.min_delta))
     callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps))
+    if t.progress_bar:
+        callbacks.append(StepProgressBar())
     loggers = [TensorBoardLogger(run_dir, name="logs", version=""), RunCSVLogger(run_dir)]
     by_steps = t.val_every_n_steps is not None
     return L.Trainer(
@@ -186,13 +201,14 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         max_steps=t.max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
         accumulate_grad_batches=t.accumulate_grad_batches,
-        precision=t.precision,
+        precision=resolve_precision(config),
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=resolve_strategy(t.strategy, varying),
         gradient_clip_val=t.optimizer.grad_clip,
-        val_check_interval=t.val_every_n_steps if by_steps else None,
+        # Lightning counts this interval in batches; samtune's steps are optimizer steps
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches if by_steps else None,
         check_val_every_n_epoch=None if by_steps else t.val_every_n_epochs,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
@@ -206,6 +222,48 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         # metric states made in the first validate() must stay writable in later ones
         inference_mode=False,
     )
+
+
+def resolve_precision(config: RunConfig) -> str:
+    """``16-mixed`` on a CPU run becomes ``bf16-mixed`` (CPUs have no float16 autocast), said
+    in one line rather than left to a warning among Lightning's start-up messages."""
+    precision = config.train.precision
+    if precision == "16-mixed" and _runs_on_cpu(config.train.accelerator):
+        notify("precision 16-mixed: a CPU has no float16 autocast, so this run trains in "
+               "bf16-mixed (set train.precision: bf16-mixed to say so, or 32)")
+        return "bf16-mixed"
+    return precision
+
+
+def _runs_on_cpu(accelerator: str) -> bool:
+    if accelerator == "cpu":
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    gpu = torch.cuda.is_available() or (mps is not None and mps.is_available())
+    return accelerator == "auto" and not gpu
+
+
+def stop_reason(trainer: L.Trainer) -> str | None:
+    """Why early stopping ended the run, in its own words; None when it did not."""
+    for cb in trainer.callbacks:
+        if (isinstance(cb, EarlyStopping) and cb.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+                and cb.stopping_reason_message):
+            return (f"early stopping ended the run at step {trainer.global_step}: "
+                    f"{cb.stopping_reason_message.strip()}")
+    return None
+
+
+def resolve_strategy(strategy: str, varying: tuple[str, ...]) -> str | DDPStrategy:
+    """``ddp`` as Lightning's DDP, looking for unused parameters only when the run has some
+    that a step may leave without a gradient (``varying``, see
+    :mod:`samtune.train.prompt_reach`): the search costs a pass over the autograd graph per
+    step, and every other run reaches all its trainable parameters in every step."""
+    if strategy != "ddp" or not varying:
+        return strategy
+    tensors = sorted({name.rsplit(".", 1)[0] for name in varying})
+    notify(f"strategy ddp: {', '.join(tensors)} serve only some of the prompt kinds a step "
+           "may draw, so DDP looks for parameters without a gradient in each step")
+    return DDPStrategy(find_unused_parameters=True)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -411,7 +469,9 @@ class _quiet_lightning:
         self._ctx.__enter__()
         for pattern in (".*does not have many workers.*", ".*number of training batches.*",
                         ".*dataloader is not resumable.*", ".*LeafSpec.*",
-                        ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*"):
+                        ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*",
+                        # MaskMetrics.compute() has already reduced over the processes
+                        ".*when logging on epoch level in distributed setting.*"):
             warnings.filterwarnings("ignore", message=pattern)
         return self
 
