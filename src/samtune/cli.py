@@ -227,11 +227,18 @@ def _print_result(result) -> None:
     console.print(f"run folder: {result.run_dir}", highlight=False)
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
-    base, final = result.base_metrics, result.final_metrics
+    if result.best_step == 0:
+        console.print("no validation beat the base model: best.ckpt holds the base weights",
+                      highlight=False)
+    base, final, best = result.base_metrics, result.final_metrics, result.best_metrics
     names = [k for k in ("val/iou", "val/dice", "val/boundary_f1") if k in final]
     for name in names:
         before = f"{base[name]:.4f}" if name in base else "-"
-        console.print(f"{name}: base {before} -> fine-tuned {final[name]:.4f}", highlight=False)
+        line = f"{name}: base {before} -> last (step {result.last_step}) {final[name]:.4f}"
+        if name in best:
+            at = "base" if result.best_step == 0 else f"step {result.best_step}"
+            line += f", best ({at}) {best[name]:.4f}"
+        console.print(line, highlight=False)
 
 
 @data_app.command("check")

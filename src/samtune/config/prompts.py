@@ -249,3 +249,14 @@ class PromptConfig(_Section):
         """The mix as parsed kinds with normalized probabilities."""
         total = sum(self.mix.values())
         return [(parse_prompt_kind(k), w / total) for k, w in self.mix.items()]
+
+
+def validation_prompts() -> PromptConfig:
+    """What validation prompts with unless ``val_prompts`` says otherwise: every object, each
+    with the exact box or one centre point (half of them each), nothing that carries the
+    ground-truth mask: the box and point prompts ``samtune eval`` scores. Validation then
+    measures the model rather than the training prompt settings (a cap of 8 objects, a
+    ``mask`` kind that hands the model the answer)."""
+    return PromptConfig(mix={"box": 0.5, "points": 0.5}, box=BoxPromptConfig(jitter=0.0),
+                        points=PointPromptConfig(positive=1, negative=0, use_center=True),
+                        max_objects_per_image=None)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from samtune.config.data import DataConfig
-from samtune.config.prompts import AugmentConfig, PromptConfig
+from samtune.config.prompts import AugmentConfig, PromptConfig, validation_prompts
 
 Group = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
 
@@ -213,9 +213,16 @@ class RunConfig(_Section):
     data: DataConfig
     augment: AugmentConfig = AugmentConfig()
     prompts: PromptConfig = PromptConfig()
-    val_prompts: PromptConfig | None = None
-    """Prompts for validation; by default the training prompts."""
+    val_prompts: PromptConfig = Field(default_factory=validation_prompts)
+    """Prompts for validation, apart from the training ones: by default every object with its
+    exact box or its centre point (:func:`~samtune.config.prompts.validation_prompts`); null
+    reads as that default."""
     train: TrainConfig = TrainConfig()
+
+    @field_validator("val_prompts", mode="before")
+    @classmethod
+    def _default_val_prompts(cls, v: Any) -> Any:
+        return validation_prompts() if v is None else v
 
     @model_validator(mode="after")
     def _stop_condition(self) -> RunConfig:

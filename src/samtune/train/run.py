@@ -65,6 +65,11 @@ class TrainResult:
     """This process's rank: under DDP every process returns, and only rank 0 reports."""
     stopped_early: str | None = None
     """Why early stopping ended the run (what it watched, the best value); None otherwise."""
+    last_step: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """The best checkpoint's validation metrics (``final_metrics`` are the last weights')."""
+    best_step: int | None = None
+    """The best checkpoint's step; 0 when no validation beat the base model."""
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -130,17 +135,64 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
             if trainer.is_global_zero:
                 write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, RunCheckpoint):
+                    cb.start_from_base(trainer, base)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
         stopped = stop_reason(trainer)
         save_last(trainer, last)
-        final = {}
+        final: dict[str, float] = {}
+        best_metrics: dict[str, float] = {}
+        best_path, best_step = _best_path(trainer), None
         if len(val_data):  # the trained weights' score, whatever the validation interval
             final = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
+            if best_path is not None:
+                best_metrics, best_step = _validate_best(trainer, module, datamodule, best_path,
+                                                         final, base)
             if trainer.is_global_zero:
-                write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
+                write_text(run_dir / "final_metrics.yaml", final_metrics_yaml(
+                    trainer.global_step, final, best_path, best_step, best_metrics))
     best = _link_best(trainer) if trainer.is_global_zero else None
     return TrainResult(run_dir, best, base or _read_base(run_dir), final, trainer.global_rank,
-                       stopped)
+                       stopped, trainer.global_step, best_metrics, best_step)
+
+
+def _best_path(trainer: L.Trainer) -> Path | None:
+    """The monitored checkpoint callback's best file; None when there is none on disk."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            path = Path(cb.best_model_path)
+            return path if path.is_file() else None
+    return None
+
+
+def _validate_best(trainer: L.Trainer, module: FineTuneModule, datamodule, best: Path,
+                   last_metrics: dict[str, float], base: dict[str, float]
+                   ) -> tuple[dict[str, float], int]:
+    """The best checkpoint's metrics on the same validation as the last weights', and its
+    step. The base (step 0) and a best saved at the last step are already measured; any other
+    is loaded into the module and validated (the run is over: the module may hold it)."""
+    state = load_checkpoint_file(best)
+    step = int(state.get("global_step", -1))
+    if step == 0 and base:
+        return base, 0
+    if step == trainer.global_step:
+        return last_metrics, step
+    module.load_state_dict(state["state_dict"])
+    return _scalars(trainer.validate(module, datamodule=datamodule, verbose=False)), step
+
+
+def final_metrics_yaml(last_step: int, last: dict[str, float], best: Path | None,
+                       best_step: int | None, best_metrics: dict[str, float]) -> str:
+    """``final_metrics.yaml``: the weights the run ended with (``last``) and the best
+    checkpoint's (``best``; step 0 is the base model), each with its step, validated alike."""
+    import yaml
+
+    out: dict = {"last": {"step": last_step, **{k: round(v, 6) for k, v in last.items()}}}
+    if best is not None and best_step is not None:
+        out["best"] = {"step": best_step, "checkpoint": best.name,
+                       **{k: round(v, 6) for k, v in best_metrics.items()}}
+    return yaml.safe_dump(out, sort_keys=False)
 
 
 def resume_point(run_dir: Path) -> Path | None:
@@ -276,6 +328,21 @@ class RunCheckpoint(ModelCheckpoint):
         save_trained_tensors(trainer, Path(filepath))
         if trainer.is_global_zero:
             write_checksums(Path(filepath))
+
+    def start_from_base(self, trainer: L.Trainer, base: dict[str, float]) -> None:
+        """Count the base model's validation as the first candidate for best: it is saved as
+        ``step=0-...ckpt`` and stays best until a validation beats it, so a run that only got
+        worse keeps ``best.ckpt`` on the base weights."""
+        if not self.monitor or self.monitor not in base or self.save_top_k == 0:
+            return
+        score = torch.tensor(base[self.monitor])
+        metrics = {**{k: torch.tensor(v) for k, v in base.items()}, "step": torch.tensor(0)}
+        path = self.format_checkpoint_name(metrics)
+        self._save_checkpoint(trainer, path)
+        self.current_score = score
+        self.best_k_models = {path: score}
+        self.kth_best_model_path = self.best_model_path = path
+        self.kth_value = self.best_model_score = score
 
 
 class LastCheckpoint(Checkpoint):
@@ -428,11 +495,8 @@ def _crop_size(config: RunConfig, module: FineTuneModule) -> int | None:
 
 
 def _link_best(trainer: L.Trainer) -> Path | None:
-    best = None
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
-            best = Path(cb.best_model_path)
-    if best is None or not best.is_file():
+    best = _best_path(trainer)
+    if best is None:
         return None
     link = best.parent / "best.ckpt"
     tmp = best.parent / ".best.ckpt.tmp"
@@ -470,6 +534,7 @@ class _quiet_lightning:
         for pattern in (".*does not have many workers.*", ".*number of training batches.*",
                         ".*dataloader is not resumable.*", ".*LeafSpec.*",
                         ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*",
+                        ".*Checkpoint directory .* exists and is not empty.*",  # step=0, the base
                         # MaskMetrics.compute() has already reduced over the processes
                         ".*when logging on epoch level in distributed setting.*"):
             warnings.filterwarnings("ignore", message=pattern)
