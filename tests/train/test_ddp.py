@@ -90,15 +90,19 @@ def test_heads_no_forward_pass_reaches_never_train(model, unreached):
 
 
 def test_prompt_embeddings_follow_the_prompt_kinds_a_run_draws():
-    """Boxes only: the point and mask-input tensors can never train and stay frozen; boxes and
-    points: the point and box embeddings each miss some steps (DDP must look for them)."""
+    """Boxes only: the point and mask-input tensors can never train and stay frozen, and the box
+    corners miss a step of negatives only (no prompt); boxes and points: the point and box
+    embeddings each miss some steps (DDP must look for them)."""
     boxes = FineTuneModule(build_run_config(None, ["model.freeze=[]", "prompts.mix={box: 1.0}"]))
     params = dict(boxes.adapter.model.named_parameters())
     assert not params["prompt_encoder.mask_downscaling.0.weight"].requires_grad
     assert not params["prompt_encoder.point_embeddings.1.weight"].requires_grad
     assert params["prompt_encoder.point_embeddings.2.weight"].requires_grad
     assert params["prompt_encoder.no_mask_embed.weight"].requires_grad
-    assert boxes.step_varying_parameters == ()
+    assert set(boxes.step_varying_parameters) == {
+        "prompt_encoder.point_embeddings.2.weight", "prompt_encoder.point_embeddings.3.weight"}
+    decoder = FineTuneModule(build_run_config(None, ["prompts.mix={box: 1.0}"]))
+    assert decoder.step_varying_parameters == ()  # a frozen prompt encoder: plain DDP
     mixed = FineTuneModule(build_run_config(None, ["model.freeze=[]"]))
     assert set(mixed.step_varying_parameters) == {
         "prompt_encoder.point_embeddings.0.weight", "prompt_encoder.point_embeddings.1.weight",

@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from samtune.train import run as run_module
-from samtune.train.notices import TrainWarning
+from samtune.notices import TrainWarning
 from samtune.train.progress import StepProgressBar, step_description, total_steps
 from samtune.train.run import build_trainer, train
 

@@ -92,8 +92,10 @@ class FineTuneModule(L.LightningModule):
                 p.requires_grad_(False)
         for p in groups["other"].values():
             p.requires_grad_(False)
-        reach = prompt_reach(self.adapter, kinds_drawn(self.config.prompts,
-                                                       self.config.train.correction_rounds))
+        # an item without objects trains as a negative with no prompt: the run's data decides
+        # whether one comes, so every run counts that path (an export rebuilds the same module)
+        reach = prompt_reach(self.adapter, kinds_drawn(
+            self.config.prompts, self.config.train.correction_rounds, negatives=True))
         params = dict(self.adapter.model.named_parameters())
         for name in reach.unreached:  # no prompt kind of this run could ever train them
             params[name].requires_grad_(False)
@@ -238,8 +240,7 @@ class FineTuneModule(L.LightningModule):
         return shrink(batch.targets), shrink(valid)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if batch.num_objects == 0:
-            return None
+        # every training item has an object: one without trains as a negative (datamodule)
         total, parts, (logits, iou, low), _ = self._step(batch, "train")
         if not torch.isfinite(total.detach()).all():
             self.nonfinite(f"loss is {float(total.detach())}")

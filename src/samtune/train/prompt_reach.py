@@ -25,11 +25,15 @@ from samtune.config.prompts import PromptConfig, PromptKind, parse_prompt_kind
 from samtune.models.adapter import Adapter, Prompts
 
 
-def kinds_drawn(prompts: PromptConfig, correction_rounds: int = 0) -> list[PromptKind]:
+def kinds_drawn(prompts: PromptConfig, correction_rounds: int = 0,
+                negatives: bool = False) -> list[PromptKind]:
     """Every prompt structure a training step of this config can hand the prompt encoder: the
-    mix's kinds, what a ``logits`` kind falls back to, and the correction rounds' prompts
-    (the kind's box, the points so far plus a click, and the previous logits as mask input)."""
+    mix's kinds, what a ``logits`` kind falls back to, the correction rounds' prompts (the
+    kind's box, the points so far plus a click, and the previous logits as mask input), and
+    with ``negatives`` no prompt at all (an image without objects trains as a negative)."""
     kinds = [kind for kind, weight in prompts.kinds() if weight > 0]
+    if negatives:
+        kinds.append(PromptKind())
     if any(kind.mask == "logits" for kind in kinds):
         kinds.append(parse_prompt_kind(prompts.mask.logits_fallback))
         kinds += [PromptKind(box=k.box, points=k.points) for k in kinds

@@ -42,6 +42,7 @@ from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
 from samtune.errors import SamtuneError, SamtuneWarning
 from samtune.files import atomic_path, check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
+from samtune.notices import notify
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.checkpoint_files import (
     AtomicCheckpointIO,
@@ -51,7 +52,7 @@ from samtune.train.checkpoint_files import (
 )
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
-from samtune.train.notices import notify
+from samtune.train.preflight import preflight
 from samtune.train.progress import StepProgressBar
 
 
@@ -95,6 +96,8 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     val_data = open_dataset(config.data, "val")
     if len(train_data) == 0:
         raise SamtuneError("the training data holds no images")
+    _, val_summary = preflight(train_data, val_data)
+    has_val = val_summary.objects > 0
     module = FineTuneModule(config).train()
     write_text(run_dir / "config.yaml", to_yaml(config))
     csv_file = run_dir / "logs" / METRICS_FILE
@@ -118,7 +121,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         if t.cache_in_memory == "auto":
             keep_cache_in_memory(module.cache, len(train_data) + len(val_data), device)
     datamodule = SamDataModule(
-        train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
+        train_data, Collator.for_model(module.adapter), val=val_data if has_val else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
         batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
         seed=config.seed, store=store, crop_size=_crop_size(config, module),
@@ -127,11 +130,11 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         done = batches_done_in_epoch(start)
         if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
             datamodule.train_sampler.skip(done * t.batch_size)
-    trainer = build_trainer(config, has_val=len(val_data) > 0,
+    trainer = build_trainer(config, has_val=has_val,
                             varying=module.step_varying_parameters)
     base: dict[str, float] = {}
     with _quiet_lightning():
-        if t.validate_before_training and len(val_data) and start is None:
+        if t.validate_before_training and has_val and start is None:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
             if trainer.is_global_zero:
                 write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
@@ -144,7 +147,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         final: dict[str, float] = {}
         best_metrics: dict[str, float] = {}
         best_path, best_step = _best_path(trainer), None
-        if len(val_data):  # the trained weights' score, whatever the validation interval
+        if has_val:  # the trained weights' score, whatever the validation interval
             final = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
             if best_path is not None:
                 best_metrics, best_step = _validate_best(trainer, module, datamodule, best_path,

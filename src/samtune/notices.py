@@ -1,4 +1,5 @@
-"""Things a training run tells its user once: settings it had to change or interpret.
+"""Things a run tells its user once: settings it had to change or interpret, data it works
+around (an object cap that trims an image, images without objects).
 
 Issued as :class:`TrainWarning` from the first process only, so a DDP run with eight
 processes says each thing once, like the single-process run.
@@ -10,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 
 class TrainWarning(UserWarning):
-    """A training setting samtune changed or interpreted (precision, strategy, object cap)."""
+    """A setting samtune changed or interpreted for a run (precision, strategy, object cap)."""
 
 
 def notify(message: str) -> None:
