@@ -155,7 +155,8 @@ class SamDataModule(L.LightningDataModule):
     Arguments:
       train, val: sources (any ``Sequence[Sample]``); ``val`` may be None.
       collator: maps items to the model frame (:meth:`Collator.for_model`).
-      prompts: training prompt config; ``val_prompts`` for validation (default: the same).
+      prompts: training prompt config; ``val_prompts`` for validation (default: the same;
+        a run passes its config's ``val_prompts``, which has defaults of its own).
       augment: training augmentation (validation is never augmented).
       batch_size, val_batch_size: images per batch (``val_batch_size`` defaults to
         ``batch_size``).

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from samtune.data.sample import Sample
 from samtune.data.source import BadSample, Source, warn_problem
 from samtune.errors import SamtuneError
@@ -53,8 +55,9 @@ def summarize(data: Sequence[Sample]) -> SplitSummary:
                     sample, found = load(i)
                 except BadSample:  # refused or skipped (and said) when the source was opened
                     continue
-            for problem in found:
-                warn_problem(problem)
+            if rank_zero_only.rank == 0:  # every DDP process reads the data; one speaks
+                for problem in found:
+                    warn_problem(problem)
             out.images += 1
             out.objects += len(sample)
             if len(sample) == 0:
