@@ -121,7 +121,7 @@ def test_eval_by_tiles_records_the_tiling(tmp_path, dataset):
     result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "box,none",
                                  "--tile-shape", "20,24", "--halo", "8,8"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["info"]["tiling"] == {"tile_shape": [20, 24], "halo": [8, 8]}
     assert metrics["models"]["tuned"]["box"]["n_masks"] >= 2
     bad = runner.invoke(app, ["eval", "--model", str(run), "--halo", "8,8"])
