@@ -1,6 +1,8 @@
 """Validation measures the model: its own prompt defaults, the last and the best weights
 each labelled, and the base model as the first candidate for best."""
 
+import csv
+
 import yaml
 from typer.testing import CliRunner
 
@@ -42,6 +44,22 @@ def test_final_metrics_hold_the_last_and_the_best_weights(make_config):
     assert f"val_iou={best['val/iou']:.4f}" in best["checkpoint"]  # the score it was kept for
     base = yaml.safe_load((config.run_dir / "base_metrics.yaml").read_text())
     assert best["val/iou"] >= base["val/iou"]  # the base competed
+
+
+def test_the_best_weights_are_measured_again_without_a_row_in_the_history(make_config):
+    """No base candidate and a learning rate that makes every validation worse: the best is the
+    first validation's checkpoint, measured again for final_metrics.yaml (the score it was kept
+    for), and that measurement is no row of metrics.csv, whose rows are the run's own
+    validations (each step's, then the last weights')."""
+    config = make_config("train.max_steps=4", "train.val_every_n_steps=1",
+                         "train.validate_before_training=false", "train.optimizer.lr=0.01")
+    result = train(config)
+    assert result.best_step == 1 and result.best_checkpoint.name.startswith("step=1-")
+    final = yaml.safe_load((config.run_dir / "final_metrics.yaml").read_text())
+    assert f"val_iou={final['best']['val/iou']:.4f}" in final["best"]["checkpoint"]
+    with open(config.run_dir / "logs" / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/iou")]
+    assert len(steps) == 4 + 1 and steps[-1] == 4  # no row for the best's measurement
 
 
 def test_a_run_that_never_beats_the_base_keeps_pointing_to_it(make_config):

@@ -143,6 +143,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
                     cb.start_from_base(trainer, base)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
         stopped = stop_reason(trainer)
+        base = base or _read_base(run_dir)  # a resume validated the base in its first attempt
         save_last(trainer, last)
         final: dict[str, float] = {}
         best_metrics: dict[str, float] = {}
@@ -156,7 +157,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
                 write_text(run_dir / "final_metrics.yaml", final_metrics_yaml(
                     trainer.global_step, final, best_path, best_step, best_metrics))
     best = _link_best(trainer) if trainer.is_global_zero else None
-    return TrainResult(run_dir, best, base or _read_base(run_dir), final, trainer.global_rank,
+    return TrainResult(run_dir, best, base, final, trainer.global_rank,
                        stopped, trainer.global_step, best_metrics, best_step)
 
 
@@ -173,8 +174,10 @@ def _validate_best(trainer: L.Trainer, module: FineTuneModule, datamodule, best:
                    last_metrics: dict[str, float], base: dict[str, float]
                    ) -> tuple[dict[str, float], int]:
     """The best checkpoint's metrics on the same validation as the last weights', and its
-    step. The base (step 0) and a best saved at the last step are already measured; any other
-    is loaded into the module and validated (the run is over: the module may hold it)."""
+    step. The base (step 0; read back from ``base_metrics.yaml`` on a resume) and a best saved
+    at the last step are already measured; any other is loaded into the module and validated
+    (the run is over: the module may hold it) with the loggers off, so ``metrics.csv`` holds
+    only the run's own validations."""
     state = load_checkpoint_file(best)
     step = int(state.get("global_step", -1))
     if step == 0 and base:
@@ -182,7 +185,11 @@ def _validate_best(trainer: L.Trainer, module: FineTuneModule, datamodule, best:
     if step == trainer.global_step:
         return last_metrics, step
     module.load_state_dict(state["state_dict"])
-    return _scalars(trainer.validate(module, datamodule=datamodule, verbose=False)), step
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        return _scalars(trainer.validate(module, datamodule=datamodule, verbose=False)), step
+    finally:
+        trainer.loggers = loggers
 
 
 def final_metrics_yaml(last_step: int, last: dict[str, float], best: Path | None,
@@ -200,21 +207,22 @@ def final_metrics_yaml(last_step: int, last: dict[str, float], best: Path | None
 
 def resume_point(run_dir: Path) -> Path | None:
     """The checkpoint a resume starts from: the newest complete one (``last.ckpt`` unless a
-    kill interrupted its save); None when the run stopped before saving any (it starts
-    again from step 0)."""
+    kill interrupted its save); None when the run stopped before saving any after a training
+    step (it starts again from step 0: the base model's ``step=0`` checkpoint is no point in
+    training, and the new start validates the base again and rewrites it)."""
     if not (run_dir / "config.yaml").is_file():
         raise SamtuneError(f"{run_dir}: not a run folder (no config.yaml)")
     ckpt_dir = run_dir / "checkpoints"
     found = resume_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
-    if found:
+    if found and checkpoint_step(found[0]) > 0:
         return found[0]
     damaged = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if damaged:
+    if damaged and not found:
         raise SamtuneError(f"{ckpt_dir}: no complete checkpoint to resume from "
                            f"({', '.join(damaged)} damaged); remove the folder to train the "
                            "run again from step 0")
-    warnings.warn(f"{run_dir}: no checkpoint yet (stopped before the first save); "
-                  "training it from step 0", SamtuneWarning, stacklevel=2)
+    warnings.warn(f"{run_dir}: no checkpoint of a training step yet (stopped before the "
+                  "first save); training it from step 0", SamtuneWarning, stacklevel=2)
     return None
 
 
