@@ -317,3 +317,26 @@ def test_tiny_model_auto_mode(coco_data):
     assert all(v is None or 0.0 <= v <= 1.0 for v in stats.values())
     out = summarize(result, {1: "ellipse"})
     assert out["n_masks"] == len(truth.annotations) and out["per_category"]
+
+
+def test_the_report_folder_of_a_run_is_where_eval_writes_it(tmp_path):
+    """`samtune serve` shows RUN/eval/val/ (the run's own validation data) first, else a report
+    written straight into RUN/eval/ (the demo, an older samtune), else the newest other
+    dataset's; None without any."""
+    import os
+
+    from samtune.infer.evaluate import eval_folder_name, report_folder
+
+    run = tmp_path / "run"
+    assert report_folder(run) is None
+    for name, stamp in (("scans", 100), ("coco", 200)):
+        (run / "eval" / name).mkdir(parents=True)
+        (run / "eval" / name / "metrics.json").write_text("{}")
+        os.utime(run / "eval" / name / "metrics.json", (stamp, stamp))
+    assert report_folder(run) == run / "eval" / "coco"
+    (run / "eval" / "metrics.json").write_text("{}")
+    assert report_folder(run) == run / "eval"
+    (run / "eval" / eval_folder_name(None)).mkdir()
+    assert report_folder(run) == run / "eval"  # a val/ folder without a report does not count
+    (run / "eval" / "val" / "metrics.json").write_text("{}")
+    assert report_folder(run) == run / "eval" / "val"

@@ -567,6 +567,19 @@ def eval_folder_name(data: str | Path | None) -> str:
     return (path.stem if path.is_file() else path.resolve().name) or "data"
 
 
+def report_folder(run_dir: Path) -> Path | None:
+    """The run's eval report to show (``samtune serve``): ``RUN/eval/val/``, the run's own
+    validation data, first; else one written straight into ``RUN/eval/`` (the demo, or an
+    older samtune); else the newest report of another dataset; None when there is none."""
+    root = Path(run_dir) / "eval"
+    others = sorted(root.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime_ns,
+                    reverse=True)
+    for found in [root / eval_folder_name(None) / "metrics.json", root / "metrics.json", *others]:
+        if found.is_file():
+            return found.parent
+    return None
+
+
 def category_names(dataset: Sequence[Sample]) -> dict[int, str]:
     """Category id -> name from the dataset's COCO categories (or its sources'), if any."""
     names: dict[int, str] = {}
