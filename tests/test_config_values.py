@@ -13,6 +13,10 @@ def test_yaml_off_and_on_read_as_the_words(tmp_path):
     assert (t.cache_embeddings, t.cache_in_memory, t.precision) == ("off", "auto", "32")
     t = build_run_config(path, ["train.cache_embeddings=false", "train.cache_in_memory=off"]).train
     assert (t.cache_embeddings, t.cache_in_memory) == ("off", "off")
+    # a bare off in --set is YAML's boolean too: the documented word, as in the file
+    t = build_run_config(None, ["data.train=[{path: data/}]", "train.cache_embeddings=off",
+                                "train.cache_in_memory=on"]).train
+    assert (t.cache_embeddings, t.cache_in_memory) == ("off", "auto")
     with pytest.raises(ConfigError, match="cache_embeddings"):
         build_run_config(path, ["train.cache_embeddings=sometimes"])
 
