@@ -77,6 +77,48 @@ def test_two_processes_follow_one_process_with_the_doubled_batch(freezing, two_o
     assert base == yaml.safe_load((one.run_dir / "base_metrics.yaml").read_text())
 
 
+def _nonfinite_run(data: Path, tmp_path: Path, name: str, batch: int, rank: int,
+                   *extra: str) -> subprocess.CompletedProcess:
+    """A run whose loss is NaN at step 1 in the process of ``rank`` (ddp_nonfinite_run.py)."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(build_run_config(None, [
+        *_overrides(data, tmp_path / "runs", name, batch, "decoder"), *extra,
+    ]).model_dump(mode="json")))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, str(Path(__file__).with_name("ddp_nonfinite_run.py")),
+                           str(config), "1", str(rank)], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_a_loss_not_finite_in_one_process_skips_or_stops_every_process(two_object_data, tmp_path,
+                                                                       mode):
+    """A NaN loss in rank 1 alone: every process skips that batch (as one process with the
+    doubled batch does: the same losses and weights after), or every process stops with the
+    one-line error. (A process that skipped alone was refused by Lightning; one that stopped
+    alone left the other to fail in the gradient all-reduce.)"""
+    ddp = ["train.strategy=ddp", "train.devices=2", f"train.on_nonfinite={mode}"]
+    two = _nonfinite_run(two_object_data, tmp_path, "two", 2, 1, *ddp)
+    if mode == "stop":
+        assert two.returncode == 1, two.stderr[-3000:]
+        assert "Connection closed" not in two.stderr and "Traceback" not in two.stderr
+        assert "error: step 2: the training loss is" in two.stdout + two.stderr
+        return
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "step 2: the training loss is not finite in another process; batch skipped" in two.stderr
+    one = _nonfinite_run(two_object_data, tmp_path, "one", 4, 0, f"train.on_nonfinite={mode}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    runs = tmp_path / "runs"
+    assert len(_losses(runs / "two")) == len(_losses(runs / "one")) == 2  # none for the skip
+    torch.testing.assert_close(torch.tensor(_losses(runs / "two")),
+                               torch.tensor(_losses(runs / "one")), rtol=1e-4, atol=1e-5)
+    a = load_file(str(runs / "one" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(runs / "two" / "checkpoints" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 @pytest.mark.parametrize("model, unreached", [
     ("mobile_sam_tiny", "image_encoder.norm_head.weight"),
     ("sam2_tiny", "sam_mask_decoder.pred_obj_score_head.layers.0.weight"),

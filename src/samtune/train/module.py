@@ -69,6 +69,7 @@ class FineTuneModule(L.LightningModule):
         self.store: PreviousLogitsStore | None = None
         self.encoder_calls = 0
         self.skipped_batches = 0
+        self._drop_update = False
 
     # --- trainable parameters -------------------------------------------------------------
     def _configure_trainable(self) -> None:
@@ -242,9 +243,16 @@ class FineTuneModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # every training item has an object: one without trains as a negative (datamodule)
         total, parts, (logits, iou, low), _ = self._step(batch, "train")
-        if not torch.isfinite(total.detach()).all():
-            self.nonfinite(f"loss is {float(total.detach())}")
-            return None  # Lightning skips the backward pass and the optimizer step
+        finite = bool(torch.isfinite(total.detach()).all())
+        if not self._finite_everywhere(finite):
+            self.nonfinite(f"loss is {float(total.detach())}" if not finite
+                           else "loss is not finite in another process")
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the backward pass and the optimizer step
+            # Lightning refuses a skipped step under DDP: every process runs its backward
+            # (the gradient all-reduce needs them all) and the update is dropped instead
+            self._drop_update = True
+            return total
         size = len(batch)
         # averaged over the processes under DDP: the loss of the whole step's batch
         self.log("train/loss", total, prog_bar=True, batch_size=size, sync_dist=True)
@@ -277,10 +285,23 @@ class FineTuneModule(L.LightningModule):
         self.val_metrics.reset()
 
     # --- divergence -----------------------------------------------------------------------
+    def _finite_everywhere(self, finite: bool) -> bool:
+        """Whether the loss is finite in every process: one decision for all of them, so a
+        non-finite loss in one stops or skips the step in each (a process that went on alone
+        would wait for the others in the gradient all-reduce)."""
+        if self.trainer.world_size == 1:
+            return finite
+        return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        """A non-finite gradient never reaches the weights. (With ``16-mixed`` the gradient
-        scaler owns this: it skips such steps and lowers its scale.)"""
+        """A non-finite gradient never reaches the weights, nor does the step of a loss that
+        was not finite in some process under DDP. (With ``16-mixed`` the gradient scaler owns
+        this: it skips such steps and lowers its scale.)"""
+        drop, self._drop_update = self._drop_update, False
         if self.config.train.precision == "16-mixed":
+            return
+        if drop:
+            optimizer.zero_grad(set_to_none=True)  # the step then changes nothing
             return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
