@@ -65,3 +65,24 @@ def test_the_progress_bar_counts_the_steps_of_the_run(make_config, monkeypatch):
 def test_32_stays_32(make_config, accelerator):
     trainer = build_trainer(make_config(f"train.accelerator={accelerator}"), has_val=True)
     assert trainer.precision == "32-true"
+
+
+def test_periodic_last_ckpt_is_written_once_per_optimizer_step_under_accumulation(make_config,
+                                                                                monkeypatch):
+    """accumulate_grad_batches=2, checkpoint.every_n_steps=2, 3 batches an epoch (the epoch's
+    last batch steps alone): last.ckpt after steps 2 and 4, then at the end; never after a
+    batch that only accumulated (at step 0, or at step 2 again in the next epoch), which would
+    hold the step with that batch counted as done but its gradient lost."""
+    saved = []
+    original = run_module.save_last
+
+    def recording(trainer, last):
+        saved.append((trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.processed))
+        original(trainer, last)
+
+    monkeypatch.setattr(run_module, "save_last", recording)
+    config = make_config("train.max_steps=4", "train.accumulate_grad_batches=2",
+                         "train.checkpoint.every_n_steps=2", "train.val_every_n_steps=100",
+                         "train.validate_before_training=false")
+    train(config)
+    assert saved == [(2, 3), (4, 3), (4, 3)]  # the last one: train() at the end

@@ -367,9 +367,17 @@ class LastCheckpoint(Checkpoint):
     def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
+        self._step_seen: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # only after a batch that ended an optimizer step: under gradient accumulation the
+        # others share the step, and a checkpoint after one would count that batch done but
+        # hold none of its gradient
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        if stepped and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             save_last(trainer, self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
