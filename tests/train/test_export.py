@@ -293,3 +293,22 @@ def test_checkpoint_choice(tmp_path):
     (ckpts / "step=4-val_iou=0.5000.ckpt").write_bytes(b"")
     (ckpts / "best.ckpt").symlink_to("step=4-val_iou=0.5000.ckpt")
     assert resolve_checkpoint(tmp_path) == ckpts / "best.ckpt"
+
+
+def test_checkpoint_metrics_read_final_metrics_yaml_new_and_old(tmp_path):
+    """final_metrics.yaml holds `last` and `best` entries; an older run's flat file is the last
+    weights' metrics."""
+    from samtune.train.export import checkpoint_metrics
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    last, best = ckpts / "last.ckpt", ckpts / "step=2-val_iou=0.5000.ckpt"
+    for f in (last, best):
+        f.write_bytes(b"")
+    final = tmp_path / "final_metrics.yaml"
+    final.write_text(yaml.safe_dump({"last": {"step": 4, "val/iou": 0.4},
+                                     "best": {"step": 2, "checkpoint": best.name, "val/iou": 0.5}}))
+    assert checkpoint_metrics(tmp_path, last, {}) == {"val/iou": 0.4}
+    assert checkpoint_metrics(tmp_path, best, {}) == {"val/iou": 0.5}
+    final.write_text(yaml.safe_dump({"val/iou": 0.4, "val/dice": 0.6}))
+    assert checkpoint_metrics(tmp_path, last, {}) == {"val/iou": 0.4, "val/dice": 0.6}

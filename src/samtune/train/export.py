@@ -352,7 +352,7 @@ def checkpoint_metrics(run_dir: Path, path: Path, state: dict) -> dict[str, floa
     recorded = read_yaml(final) if final.is_file() else {}
     if path.name == "last.ckpt":
         if recorded and final.stat().st_mtime >= path.stat().st_mtime:
-            return _metrics_of(recorded.get("last", {}))
+            return _metrics_of(recorded.get("last", recorded))  # flat: an older samtune's
         return {}
     best = recorded.get("best", {})
     if best.get("checkpoint") == path.resolve().name:
