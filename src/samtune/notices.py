@@ -7,13 +7,21 @@ processes says each thing once, like the single-process run.
 
 from __future__ import annotations
 
-from lightning.pytorch.utilities import rank_zero_warn
+import warnings
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from samtune.errors import SamtuneWarning
 
 
-class TrainWarning(UserWarning):
-    """A setting samtune changed or interpreted for a run (precision, strategy, object cap)."""
+class TrainWarning(SamtuneWarning):
+    """A setting samtune changed or interpreted for a run (precision, strategy, object cap);
+    the CLI prints it as one ``warning:`` line, as every samtune warning."""
 
 
 def notify(message: str) -> None:
     """Warn with ``message`` on rank 0 (once per message and call site, as ``warnings`` does)."""
-    rank_zero_warn(message, category=TrainWarning, stacklevel=3)
+    if rank_zero_only.rank == 0:
+        # issued from the caller's line (Lightning's rank_zero_warn would name its own file,
+        # and Lightning prints warnings from its files with that file's path)
+        warnings.warn(message, TrainWarning, stacklevel=2)

@@ -35,6 +35,24 @@ def test_16_mixed_on_cpu_says_it_trains_in_bf16_once(make_config):
     assert trainer.precision == "bf16-mixed"
 
 
+def test_what_a_run_says_prints_as_one_warning_line(make_config, tmp_path):
+    """`samtune train` prints the run's notices (here the precision change) as one
+    `warning:` line, like samtune's other warnings: no file and line of Lightning's."""
+    import subprocess
+    import sys
+
+    from samtune.config.loading import to_yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(to_yaml(make_config("train.precision=16-mixed", "train.accelerator=cpu",
+                                        "train.max_steps=1", "train.validate_before_training=false")))
+    done = subprocess.run([sys.executable, "-m", "samtune", "train", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "precision 16-mixed" in line]
+    assert len(said) == 1 and said[0].startswith("warning: precision 16-mixed"), said
+
+
 def test_early_stopping_says_that_it_stopped_and_why(make_config):
     config = make_config("train.max_steps=20", "train.val_every_n_steps=1",
                          "train.early_stopping={monitor: val/iou, patience: 1, min_delta: 1.0}")
