@@ -52,12 +52,12 @@ def test_eval_run_writes_the_report(tmp_path, dataset):
                                  "--max-images", "2"])
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and "report.md" in result.output
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["modes"] == ["box", "none"]
     assert metrics["info"]["split"] == "val" and metrics["info"]["n_images"] == 2
     assert metrics["info"]["base"] == "sam_tiny (random init, seed 0)"
-    assert (run / "eval" / "plots" / "iou.png").is_file()
-    assert list((run / "eval" / "comparisons").glob("*.png"))
+    assert (run / "eval" / "val" / "plots" / "iou.png").is_file()
+    assert list((run / "eval" / "val" / "comparisons").glob("*.png"))
 
 
 def test_checkpoint_file_with_explicit_base_and_data(tmp_path, dataset):
@@ -121,8 +121,65 @@ def test_eval_by_tiles_records_the_tiling(tmp_path, dataset):
     result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "box,none",
                                  "--tile-shape", "20,24", "--halo", "8,8"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["info"]["tiling"] == {"tile_shape": [20, 24], "halo": [8, 8]}
     assert metrics["models"]["tuned"]["box"]["n_masks"] >= 2
     bad = runner.invoke(app, ["eval", "--model", str(run), "--halo", "8,8"])
     one_error_line(bad, "halo needs a tile_shape")
+
+
+def test_each_dataset_gets_its_own_report_folder(tmp_path, dataset):
+    """RUN/eval/<data name>/: a second dataset neither overwrites the first report nor leaves
+    its comparison panels beside the new ones."""
+    run = make_run(tmp_path, dataset)
+    other = write_folder(tmp_path / "scans", make_splits({"val": 2}, seed=9, size=(40, 48))["val"])
+    for data in (dataset, other):
+        result = runner.invoke(app, ["eval", "--model", str(run), "--data", str(data),
+                                     "--modes", "box", "--max-images", "2"])
+        assert result.exit_code == 0, result.output
+    first, second = run / "eval" / dataset.name, run / "eval" / "scans"
+    assert json.loads((first / "metrics.json").read_text())["info"]["data"] == str(dataset)
+    assert json.loads((second / "metrics.json").read_text())["info"]["data"] == str(other)
+    stale = second / "comparisons" / "best_from_an_older_report.png"
+    stale.write_bytes(b"")
+    result = runner.invoke(app, ["eval", "--model", str(run), "--data", str(other),
+                                 "--modes", "box", "--max-images", "1"])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and list((second / "comparisons").glob("*.png"))
+
+
+def test_eval_objects_reads_masks_as_training_does(tmp_path):
+    """A binary mask holding two separate shapes: one object by default (whole), two with
+    --objects components."""
+    import numpy as np
+
+    from samtune.data.synthetic import Scene
+
+    label_map = np.zeros((40, 48), dtype=np.int32)
+    label_map[4:14, 4:14], label_map[24:36, 30:44] = 1, 2
+    scene = Scene(np.full((40, 48, 3), 90, dtype=np.uint8), label_map, [1, 2], "two")
+    data = write_folder(tmp_path / "binary", [scene], masks="binary")
+    run = make_run(tmp_path, data)
+    counts = {}
+    for objects in (None, "components"):
+        out = tmp_path / f"eval_{objects}"
+        extra = [] if objects is None else ["--objects", objects]
+        result = runner.invoke(app, ["eval", "--model", str(run), "--data", str(data), "--split", "all",
+                                     "--modes", "box", "--output", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        counts[objects] = json.loads((out / "metrics.json").read_text())["info"]["n_objects"]
+    assert counts == {None: 1, "components": 2}
+
+
+def test_the_report_says_when_a_mode_produced_no_masks(tmp_path, dataset):
+    run = make_run(tmp_path, dataset)
+    out = tmp_path / "auto"
+    result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "auto", "--max-images", "1",
+                                 "--points-per-side", "2", "--pred-iou-thresh", "1.5",
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["models"]["tuned"]["auto"]["n_generated"] == 0
+    assert len(metrics["notes"]) == 2 and "produced no masks for the tuned model" in metrics["notes"][1]
+    assert "produced no masks" in (out / "report.md").read_text()
+    assert "produced no masks" in " ".join(result.output.split())

@@ -259,3 +259,45 @@ def test_many_boxes_are_decoded_a_chunk_at_a_time(image_file, monkeypatch):
     whole_masks, whole_scores = predict_objects(predictor, objects, chunk=150)
     np.testing.assert_array_equal(masks, whole_masks)
     np.testing.assert_allclose(scores, whole_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_coco_prompts_keep_image_and_category_ids_and_score_with_cocoeval(tmp_path):
+    """A COCO file with image ids 0 and 1 and categories 3 and 7: predictions.json keeps them,
+    so COCO.loadRes + COCOeval score the predictions against the very file they came from."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from samtune.data.synthetic import coco_dict, make_scenes, write_image
+
+    scenes = make_scenes(2, seed=3, size=(48, 64), n_objects=(1, 2), kinds=("ellipse", "rectangle"))
+    folder = tmp_path / "imgs"
+    names = [f"{s.name}.png" for s in scenes]
+    for scene, name in zip(scenes, names):
+        write_image(folder / name, scene.image)
+    gt = coco_dict(scenes, names, encoding="rle")
+    ids = {img["id"]: i for i, img in enumerate(gt["images"])}  # renumber images 0, 1
+    for img in gt["images"]:
+        img["id"] = ids[img["id"]]
+    for ann in gt["annotations"]:
+        ann["image_id"] = ids[ann["image_id"]]
+        ann["category_id"] = {1: 3, 2: 7}[ann["category_id"]]
+    gt["categories"] = [{"id": 3, "name": "ellipse"}, {"id": 7, "name": "rectangle"}]
+    source = tmp_path / "gt.json"
+    source.write_text(json.dumps(gt))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(folder), "--model", "sam_tiny", "--prompts", str(source),
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    predicted = json.loads((out / "predictions.json").read_text())
+    assert sorted(img["id"] for img in predicted["images"]) == [0, 1]
+    by_image = {img["id"]: img["file_name"] for img in predicted["images"]}
+    assert by_image == {img["id"]: img["file_name"] for img in gt["images"]}
+    pairs = sorted((a["image_id"], a["category_id"]) for a in predicted["annotations"])
+    assert pairs == sorted((a["image_id"], a["category_id"]) for a in gt["annotations"])
+    coco = COCO(str(source))
+    evaluator = COCOeval(coco, coco.loadRes(predicted["annotations"]), iouType="segm")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert sorted(evaluator.params.imgIds) == [0, 1]
+    assert evaluator.stats[0] >= 0  # every image and category matched: no -1

@@ -94,6 +94,15 @@ class PrecisionChoice(str, Enum):
     bf16 = "bf16"
 
 
+class ObjectsChoice(str, Enum):
+    """How `eval` reads folder masks as objects (the data config's ``objects``)."""
+
+    auto = "auto"
+    components = "components"
+    whole = "whole"
+    label_map = "label_map"
+
+
 Precision = Annotated[PrecisionChoice, typer.Option(
     help="fp32, or bf16 autocast (faster on GPUs and bf16 CPUs; masks IoU >= 0.99 of fp32).")]
 
@@ -217,18 +226,28 @@ def train_command(
     from samtune.train.run import train
 
     result = train(run_config, resume=resume is not None)
-    _print_result(result)
+    if result.rank == 0:  # under DDP, every process returns here
+        _print_result(result)
 
 
 def _print_result(result) -> None:
+    if result.stopped_early:
+        console.print(result.stopped_early, highlight=False)
     console.print(f"run folder: {result.run_dir}", highlight=False)
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
-    base, final = result.base_metrics, result.final_metrics
+    if result.best_step == 0:
+        console.print("no validation beat the base model: best.ckpt holds the base weights",
+                      highlight=False)
+    base, final, best = result.base_metrics, result.final_metrics, result.best_metrics
     names = [k for k in ("val/iou", "val/dice", "val/boundary_f1") if k in final]
     for name in names:
         before = f"{base[name]:.4f}" if name in base else "-"
-        console.print(f"{name}: base {before} -> fine-tuned {final[name]:.4f}", highlight=False)
+        line = f"{name}: base {before} -> last (step {result.last_step}) {final[name]:.4f}"
+        if name in best:
+            at = "base" if result.best_step == 0 else f"step {result.best_step}"
+            line += f", best ({at}) {best[name]:.4f}"
+        console.print(line, highlight=False)
 
 
 @data_app.command("check")
@@ -314,7 +333,11 @@ def eval_command(
     base_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Weights of --base (omit for random init / a tiny model).")] = None,
     output: Annotated[Optional[Path], typer.Option(
-        help="Report folder (default RUN/eval; required for a checkpoint file).")] = None,
+        help="Report folder (default RUN/eval/<data name>, RUN/eval/val for the run's own "
+             "validation data; required for a checkpoint file).")] = None,
+    objects: Annotated[Optional[ObjectsChoice], typer.Option(
+        help="How folder masks become objects, as in training: auto, components, whole, "
+             "label_map (default: the dataset's setting, auto).")] = None,
     modes: Annotated[str, typer.Option(
         help="Prompt modes, comma-separated: box, point, points3, box+point, none, auto.")]
         = "box,point,points3,box+point,none,auto",
@@ -334,7 +357,13 @@ def eval_command(
     comparison panels."""
     from samtune.devices import check_device
     from samtune.files import check_writable
-    from samtune.infer.evaluate import EvalSettings, resolve_data, resolve_models, run_eval
+    from samtune.infer.evaluate import (
+        EvalSettings,
+        eval_folder_name,
+        resolve_data,
+        resolve_models,
+        run_eval,
+    )
     from samtune.models.fast import inference_options
 
     amg = {k: v for k, v in dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
@@ -347,13 +376,15 @@ def eval_command(
         raise SamtuneError(f"--output FOLDER is needed: {model} is a checkpoint file, not a run folder")
     check_device(device)
     check_writable(output or Path(model) / "eval", "report folder")
-    given = resolve_data(data, split) if data is not None else None  # a bad path fails first
+    how = objects.value if objects is not None else None
+    given = resolve_data(data, split, objects=how) if data is not None else None  # a bad path fails first
     models = resolve_models(model, base, base_checkpoint, device)
-    dataset, described, used_split = given or resolve_data(None, split, models.run_config)
+    dataset, described, used_split = given or resolve_data(None, split, models.run_config, how)
     info = {"model": models.tuned_label, "base": models.base_label, "data": described,
             "split": used_split, "precision": precision.value}
     with inference_options(models.tuned, precision.value), inference_options(models.base, precision.value):
-        run_eval(models.tuned, models.base, dataset, output or models.run_dir / "eval", settings,
+        run_eval(models.tuned, models.base, dataset,
+                 output or models.run_dir / "eval" / eval_folder_name(data), settings,
                  info, console=console)
 
 

@@ -16,6 +16,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from samtune import AutomaticMaskGenerator, load_model
+from samtune.errors import SamtuneError
 from samtune.infer.automatic import DEFAULT_PRED_IOU_THRESH, PRESETS
 from samtune.infer.mask_ops import component_areas, crop_boxes, point_grid
 from samtune.infer.rle import decode_rle
@@ -247,3 +248,24 @@ def test_full_size_models_match_official(name):
     torch.manual_seed(0)
     compare(load_model(name), make_image(120, 160), points_per_side=8, box_nms_thresh=0.9,
             min_mask_region_area=30, **LOW)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_record_types_are_the_official_ones(models, name):
+    """SAM 2's generator gives float ``bbox`` and ``crop_box`` values, SAM's and MobileSAM's
+    integers; a record read by code written for the official generator finds the same types."""
+    image = make_image(64, 80, seed=4)
+    kwargs = dict(points_per_side=4, box_nms_thresh=1.0, **LOW)
+    official = official_generator(models[name], **kwargs).generate(image)
+    ours = AutomaticMaskGenerator(models[name], **kwargs).generate(image)
+    assert official and ours
+    for key in ("bbox", "crop_box", "area", "predicted_iou", "stability_score"):
+        want = {type(v) for r in official for v in np.atleast_1d(r[key]).tolist()}
+        got = {type(v) for r in ours for v in np.atleast_1d(r[key]).tolist()}
+        assert got == want, (key, got, want)
+
+
+@pytest.mark.parametrize("name", ["sam_tiny", "mobile_sam_tiny"])
+def test_use_m2m_is_refused_outside_sam2(models, name):
+    with pytest.raises(SamtuneError, match="use_m2m is SAM 2's"):
+        AutomaticMaskGenerator(models[name], use_m2m=True)

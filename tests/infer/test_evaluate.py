@@ -179,6 +179,32 @@ def test_summarize_matches_mask_metrics_class():
 # --- automatic mode: AP and matching --------------------------------------------------------
 
 
+def test_ap_size_ranges_follow_mask_area_not_box_area():
+    """A small square object, its exact detection, and a higher-scored false positive along
+    the diagonal: a small mask (under 32^2 pixels) in a large box (128x128). By mask area the
+    false positive competes in AP_small (precision 1/2 at full recall: 0.5); by its box area,
+    as with a ``bbox`` in the results, it would be ignored there (AP_small 1.0)."""
+    h = w = 128
+    square = rect(h, w, 10, 30, 90, 110)  # 400 pixels
+    diagonal = np.zeros((h, w), dtype=bool)
+    for i in range(h):
+        diagonal[i, max(0, i - 1):i + 2] = True  # about 380 pixels
+    assert diagonal.sum() < 32 ** 2 and not (diagonal & square).any()
+    truth = GroundTruth()
+    truth.add(1, square[None], [-1])
+    dets = []
+    for mask, score in ((diagonal, 0.95), (square, 0.9)):
+        rle = encode_coco_rles(mask[None])[0]
+        ys, xs = np.nonzero(mask)
+        dets.append({"image_id": 1, "category_id": 1, "segmentation": rle, "score": score,
+                     "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                     "area": float(mask.sum())})
+    stats = coco_ap(truth, dets)
+    assert stats["AP_small"] == pytest.approx(0.5, abs=1e-6)
+    assert stats["AP"] == pytest.approx(0.5, abs=1e-6)
+    assert stats["AP_large"] is None and stats["AP_medium"] is None
+
+
 def test_coco_ap_of_perfect_detections_is_one():
     truth = GroundTruth()
     masks = np.stack([rect(60, 80, 5, 25, 5, 30), rect(60, 80, 30, 55, 40, 75)])
@@ -291,3 +317,26 @@ def test_tiny_model_auto_mode(coco_data):
     assert all(v is None or 0.0 <= v <= 1.0 for v in stats.values())
     out = summarize(result, {1: "ellipse"})
     assert out["n_masks"] == len(truth.annotations) and out["per_category"]
+
+
+def test_the_report_folder_of_a_run_is_where_eval_writes_it(tmp_path):
+    """`samtune serve` shows RUN/eval/val/ (the run's own validation data) first, else a report
+    written straight into RUN/eval/ (the demo, an older samtune), else the newest other
+    dataset's; None without any."""
+    import os
+
+    from samtune.infer.evaluate import eval_folder_name, report_folder
+
+    run = tmp_path / "run"
+    assert report_folder(run) is None
+    for name, stamp in (("scans", 100), ("coco", 200)):
+        (run / "eval" / name).mkdir(parents=True)
+        (run / "eval" / name / "metrics.json").write_text("{}")
+        os.utime(run / "eval" / name / "metrics.json", (stamp, stamp))
+    assert report_folder(run) == run / "eval" / "coco"
+    (run / "eval" / "metrics.json").write_text("{}")
+    assert report_folder(run) == run / "eval"
+    (run / "eval" / eval_folder_name(None)).mkdir()
+    assert report_folder(run) == run / "eval"  # a val/ folder without a report does not count
+    (run / "eval" / "val" / "metrics.json").write_text("{}")
+    assert report_folder(run) == run / "eval" / "val"

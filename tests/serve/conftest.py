@@ -18,8 +18,15 @@ def serve_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def serve_run(serve_data, tmp_path_factory):
-    """A run folder from 4 training steps of sam_tiny, with an eval report (box mode)."""
-    from samtune.infer.evaluate import EvalSettings, resolve_data, resolve_models, run_eval
+    """A run folder from 4 training steps of sam_tiny, with an eval report (box mode) where
+    `samtune eval --model RUN` writes it: RUN/eval/val/."""
+    from samtune.infer.evaluate import (
+        EvalSettings,
+        eval_folder_name,
+        resolve_data,
+        resolve_models,
+        run_eval,
+    )
     from samtune.train.run import train
 
     config = build_run_config(None, [
@@ -30,7 +37,7 @@ def serve_run(serve_data, tmp_path_factory):
     train(config)
     models = resolve_models(config.run_dir)
     dataset, described, split = resolve_data(None, None, models.run_config)
-    run_eval(models.tuned, models.base, dataset, config.run_dir / "eval",
+    run_eval(models.tuned, models.base, dataset, config.run_dir / "eval" / eval_folder_name(None),
              EvalSettings(modes=("box",)), {"model": models.tuned_label,
                                              "base": models.base_label, "data": described,
                                              "split": split}, progress=False)

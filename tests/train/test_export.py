@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from samtune import load_model
@@ -51,6 +52,8 @@ def run_config(data, out, name, model, *overrides):
         f"data.train=[{{path: {data}}}]", f"output_dir={out}", f"name={name}",
         f"model.name={model}", "train.max_steps=2", "train.batch_size=2",
         "train.val_every_n_steps=2", "train.progress_bar=false", "train.optimizer.lr=0.01",
+        # the base model does not compete for best: best.ckpt is the trained step-2 weights
+        "train.validate_before_training=false",
         "prompts.mix={box: 1.0}", *overrides])
 
 
@@ -176,7 +179,12 @@ def test_export_loads_in_official_code_and_predicts_the_same(runs, key, tmp_path
     assert manifest["model"] == config.model.name and manifest["base"]["checkpoint"] is None
     assert manifest["base"]["random_init_seed"] == config.seed
     assert manifest["checkpoint"]["step"] == 2 and manifest["checkpoint"]["file"].startswith("step=2")
-    assert set(manifest["checkpoint"]["val_metrics"]) == {"val/iou"}
+    # the best checkpoint's whole validation, as final_metrics.yaml records it
+    best = yaml.safe_load((run / "final_metrics.yaml").read_text())["best"]
+    assert best["checkpoint"] == manifest["checkpoint"]["file"]
+    assert manifest["checkpoint"]["val_metrics"] == {k: v for k, v in best.items()
+                                                    if k.startswith("val/")}
+    assert {"val/iou", "val/dice"} <= set(manifest["checkpoint"]["val_metrics"])
     assert manifest["config"] == config.model_dump(mode="json")
     lora = config.model.lora
     assert manifest["trained"]["lora"] == (None if lora is None else lora.model_dump(mode="json"))
@@ -226,11 +234,14 @@ def test_lora_checkpoint_loads_merged_and_read_state_dict_points_to_export(runs)
         load_model("mobile_sam_tiny", checkpoint=last)
 
 
-def test_base_model_reproduces_the_recorded_base_metrics(runs, tmp_path):
+def test_base_model_reproduces_the_recorded_base_metrics(tiny_dataset, tmp_path):
     """The base validation IoU of base_metrics.yaml, recomputed on base_model(run)."""
-    import yaml
-
-    config = runs("sam_full")
+    model, overrides = RUNS["sam_full"]
+    config = run_config(tiny_dataset, tmp_path / "runs", "sam_full", model, *overrides,
+                        "train.validate_before_training=true")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAMTUNE_HOME", str(tmp_path / "home"))
+        train(config)
     recorded = yaml.safe_load((config.run_dir / "base_metrics.yaml").read_text())
     module = FineTuneModule(config, adapter=base_model(config.run_dir))
     data = SamDataModule(
@@ -282,3 +293,22 @@ def test_checkpoint_choice(tmp_path):
     (ckpts / "step=4-val_iou=0.5000.ckpt").write_bytes(b"")
     (ckpts / "best.ckpt").symlink_to("step=4-val_iou=0.5000.ckpt")
     assert resolve_checkpoint(tmp_path) == ckpts / "best.ckpt"
+
+
+def test_checkpoint_metrics_read_final_metrics_yaml_new_and_old(tmp_path):
+    """final_metrics.yaml holds `last` and `best` entries; an older run's flat file is the last
+    weights' metrics."""
+    from samtune.train.export import checkpoint_metrics
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    last, best = ckpts / "last.ckpt", ckpts / "step=2-val_iou=0.5000.ckpt"
+    for f in (last, best):
+        f.write_bytes(b"")
+    final = tmp_path / "final_metrics.yaml"
+    final.write_text(yaml.safe_dump({"last": {"step": 4, "val/iou": 0.4},
+                                     "best": {"step": 2, "checkpoint": best.name, "val/iou": 0.5}}))
+    assert checkpoint_metrics(tmp_path, last, {}) == {"val/iou": 0.4}
+    assert checkpoint_metrics(tmp_path, best, {}) == {"val/iou": 0.5}
+    final.write_text(yaml.safe_dump({"val/iou": 0.4, "val/dice": 0.6}))
+    assert checkpoint_metrics(tmp_path, last, {}) == {"val/iou": 0.4, "val/dice": 0.6}

@@ -94,7 +94,7 @@ def test_cli_train_and_resume(make_config, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(path)])
     assert result.exit_code == 0, result.output
-    assert "base" in result.output and "fine-tuned" in result.output
+    assert "val/iou: base" in result.output and "-> last (step 2)" in result.output
     result = runner.invoke(app, ["train", "--resume", str(config.run_dir), "--set", "train.max_steps=3"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nowhere")])

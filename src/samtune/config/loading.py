@@ -3,6 +3,7 @@
 Unknown keys are refused with the closest valid key suggested, at any depth
 (``train.optimzer.lr`` -> "did you mean 'train.optimizer'?"); values keep their YAML types
 (``--set train.max_steps=200`` is an int, ``--set model.freeze=[image_encoder]`` a list).
+A number in the key addresses an item of a list: ``--set data.train.0.skip_bad=true``.
 """
 
 from __future__ import annotations
@@ -49,16 +50,34 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from e
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
+        _set_path(out, key.strip().split("."), value, item)
     return out
+
+
+def _set_path(node: Any, parts: list[str], value: Any, item: str) -> None:
+    """Set ``value`` at ``parts`` below ``node``: dict keys (created when missing) and list
+    indices (which must exist: ``data.train.1`` of a one-source list is an error)."""
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"--set {item!r}: {where} is a list of {len(node)} item(s); "
+                                  f"address one by its index 0..{len(node) - 1}, not {part!r}")
+            index = int(part)
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+            continue
+        if last:
+            node[part] = value
+            return
+        child = node.get(part)
+        if not isinstance(child, (dict, list)):
+            child = {}
+            node[part] = child
+        node = child
 
 
 def _deep_copy(data: Any) -> Any:

@@ -224,9 +224,14 @@ class PromptConfig(_Section):
     """Settings of the ``points`` kind."""
     mask: MaskPromptConfig = MaskPromptConfig()
     """Settings of the ``mask`` and ``logits`` kinds."""
-    max_objects_per_image: int | None = Field(None, ge=1)
-    """At most this many objects of an image per step, drawn without replacement; all when
-    unset. Bounds decoder memory on images with hundreds of objects."""
+    max_objects_per_image: int | None = Field(25, ge=1)
+    """At most this many objects of an image per step, drawn without replacement and drawn
+    afresh each epoch (so every object trains over the epochs); null for all. 25 is
+    micro-sam's ``n_objects_per_batch`` (SAM 2's trainer caps objects per sample too): the
+    decoder's activations and the loss at the input resolution grow with the object count (a
+    400-object image took 8.5 GB of RAM with the tiny model), so an uncapped image with
+    hundreds of objects can exhaust memory. The first image the cap trims is named in a
+    warning. Validation prompts every object."""
     click_mode: Literal["sample", "farthest"] = "farthest"
     """How a correction click is picked from the error region (:func:`next_click`):
     ``sample`` a uniform pixel (SAM), or the ``farthest`` point inside the larger error
@@ -249,3 +254,14 @@ class PromptConfig(_Section):
         """The mix as parsed kinds with normalized probabilities."""
         total = sum(self.mix.values())
         return [(parse_prompt_kind(k), w / total) for k, w in self.mix.items()]
+
+
+def validation_prompts() -> PromptConfig:
+    """What validation prompts with unless ``val_prompts`` says otherwise: every object, each
+    with the exact box or one centre point (half of them each), nothing that carries the
+    ground-truth mask: the box and point prompts ``samtune eval`` scores. Validation then
+    measures the model rather than the training prompt settings (a cap of 8 objects, a
+    ``mask`` kind that hands the model the answer)."""
+    return PromptConfig(mix={"box": 0.5, "points": 0.5}, box=BoxPromptConfig(jitter=0.0),
+                        points=PointPromptConfig(positive=1, negative=0, use_center=True),
+                        max_objects_per_image=None)

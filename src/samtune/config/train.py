@@ -7,14 +7,31 @@ example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from samtune.config.data import DataConfig
-from samtune.config.prompts import AugmentConfig, PromptConfig
+from samtune.config.prompts import AugmentConfig, PromptConfig, validation_prompts
 
 Group = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
+
+
+def _switch_word(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``off`` / ``on`` (and no / yes) as a boolean: take it as the word
+    the user wrote, ``off`` or the setting's ``auto``."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return value
+
+
+def _as_text(value: Any) -> Any:
+    """``precision: 32`` in YAML is the number 32: read it as the name ``"32"``."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: ``auto`` or ``off``; YAML's booleans (``off``, ``on``, ``false``, ``true``) read as those.
+AutoOff = Annotated[Literal["auto", "off"], BeforeValidator(_switch_word)]
 
 
 class _Section(BaseModel):
@@ -130,14 +147,18 @@ class TrainConfig(_Section):
     """-1: bounded by ``max_epochs`` only."""
     max_epochs: int | None = Field(None, ge=1)
     accumulate_grad_batches: int = Field(1, ge=1)
-    precision: Literal["32", "16-mixed", "bf16-mixed", "32-true"] = "32"
+    precision: Annotated[Literal["32", "16-mixed", "bf16-mixed", "32-true"],
+                         BeforeValidator(_as_text)] = "32"
+    """``16-mixed`` needs a GPU: on a CPU, which has no float16 autocast, the run says so and
+    uses ``bf16-mixed``."""
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     """Passed to Lightning: ``ddp``, ``fsdp``, ``ddp_find_unused_parameters_true`` ..."""
     val_every_n_steps: int | None = Field(100, ge=1)
-    """Validate every N training steps; null to validate every ``val_every_n_epochs``."""
+    """Validate every N optimizer steps (with ``accumulate_grad_batches: k``, every N x k
+    batches); null to validate every ``val_every_n_epochs``."""
     val_every_n_epochs: int = Field(1, ge=1)
     validate_before_training: bool = True
     """Score the base model first, so the logs show what fine-tuning gained."""
@@ -161,13 +182,13 @@ class TrainConfig(_Section):
     loss: LossConfig = LossConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig | None = None
-    cache_embeddings: Literal["auto", "off"] = "auto"
+    cache_embeddings: AutoOff = "auto"
     """``auto``: when the image encoder is frozen and no augmentation touches the image,
     encode each image once and reuse the features from disk."""
     cache_dtype: Literal["float32", "bfloat16"] = "float32"
     """How cached features are stored: ``bfloat16`` halves disk and memory (a SAM ViT embedding
     is 4 MiB in float32) at about 3 significant digits."""
-    cache_in_memory: Literal["auto", "off"] = "auto"
+    cache_in_memory: AutoOff = "auto"
     """``auto``: after the fill pass, keep every image's features in memory so a step reads no
     files: on the GPU when they take under a third of its free memory, else in host memory
     when under a quarter of the RAM, else read from disk each time."""
@@ -202,9 +223,16 @@ class RunConfig(_Section):
     data: DataConfig
     augment: AugmentConfig = AugmentConfig()
     prompts: PromptConfig = PromptConfig()
-    val_prompts: PromptConfig | None = None
-    """Prompts for validation; by default the training prompts."""
+    val_prompts: PromptConfig = Field(default_factory=validation_prompts)
+    """Prompts for validation, apart from the training ones: by default every object with its
+    exact box or its centre point (:func:`~samtune.config.prompts.validation_prompts`); null
+    reads as that default."""
     train: TrainConfig = TrainConfig()
+
+    @field_validator("val_prompts", mode="before")
+    @classmethod
+    def _default_val_prompts(cls, v: Any) -> Any:
+        return validation_prompts() if v is None else v
 
     @model_validator(mode="after")
     def _stop_condition(self) -> RunConfig:

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from samtune.config.prompts import AugmentConfig, PromptConfig
+from samtune.config.prompts import AugmentConfig, PromptConfig, PromptKind
 from samtune.data.batch import Collator, Item
-from samtune.data.prompts import PreviousLogitsStore, PromptSampler, mask_key
+from samtune.data.prompts import ObjectPrompt, PreviousLogitsStore, PromptSampler, mask_key
 from samtune.data.sample import Sample
 from samtune.data.transforms import Augmenter, random_window, select_objects
+from samtune.notices import notify
 
 _ITEM_STREAM, _ORDER_STREAM = 1, 2  # keep item and shuffle seeds apart
 
@@ -40,12 +41,21 @@ def cap_objects(sample: Sample, max_objects: int | None, rng: np.random.Generato
     return select_objects(sample, keep)
 
 
+def as_negative(sample: Sample) -> Sample:
+    """A sample without objects as one object with an empty mask: trained with no prompt,
+    its target says "nothing here" (the image would otherwise make a step with no loss)."""
+    empty = np.zeros((1, *sample.size), dtype=bool)
+    return Sample(sample.image, masks=empty, path=sample.path, source=sample.source,
+                  category_ids=None if sample.category_ids is None else [0])
+
+
 class PromptedDataset(Dataset):
     """A source of Samples with augmentation and prompt sampling applied per item.
 
     Indexed by ``index`` (epoch 0) or ``(epoch, index)`` as :class:`EpochSampler` yields;
     returns an :class:`~samtune.data.batch.Item`. ``store`` holds previous logits for the
-    ``logits`` prompt kind.
+    ``logits`` prompt kind. With ``negatives`` (training), an item left without objects
+    (none annotated, or all cropped away) becomes :func:`as_negative`.
     """
 
     def __init__(
@@ -56,10 +66,13 @@ class PromptedDataset(Dataset):
         seed: int = 0,
         store: PreviousLogitsStore | None = None,
         crop_size: int | None = None,
+        negatives: bool = False,
     ) -> None:
         self.source = source
         self.crop_size = crop_size
         self.prompts = prompts
+        self.negatives = negatives
+        self._said_cap = False  # the object cap names the first image it trims, once
         self.augmenter = Augmenter(augment or AugmentConfig())
         self.sampler = PromptSampler(prompts, store)
         self.seed = seed
@@ -76,7 +89,17 @@ class PromptedDataset(Dataset):
         if self.crop_size is not None:
             sample = random_window(sample, self.crop_size, rng)
         sample = self.augmenter(sample, rng)
-        sample = cap_objects(sample, self.prompts.max_objects_per_image, rng)
+        cap = self.prompts.max_objects_per_image
+        if cap is not None and len(sample) > cap and not self._said_cap:
+            self._said_cap = True
+            notify(f"{sample.source}:{sample.path} has {len(sample)} objects: each epoch trains "
+                   f"on {cap} of them, drawn afresh (prompts.max_objects_per_image: {cap}; null "
+                   "for all, at the memory they take)")
+        sample = cap_objects(sample, cap, rng)
+        if self.negatives and len(sample) == 0:
+            sample = as_negative(sample)
+            keys = [mask_key(m) for m in sample.object_masks()]
+            return Item(sample, [ObjectPrompt(kind=PromptKind())], index, keys)
         keys = [mask_key(m) for m in sample.object_masks()]
         return Item(sample, self.sampler(sample, rng, index, keys), index, keys)
 
@@ -132,7 +155,8 @@ class SamDataModule(L.LightningDataModule):
     Arguments:
       train, val: sources (any ``Sequence[Sample]``); ``val`` may be None.
       collator: maps items to the model frame (:meth:`Collator.for_model`).
-      prompts: training prompt config; ``val_prompts`` for validation (default: the same).
+      prompts: training prompt config; ``val_prompts`` for validation (default: the same;
+        a run passes its config's ``val_prompts``, which has defaults of its own).
       augment: training augmentation (validation is never augmented).
       batch_size, val_batch_size: images per batch (``val_batch_size`` defaults to
         ``batch_size``).
@@ -175,7 +199,8 @@ class SamDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.store = store
-        self.train_set = PromptedDataset(train, prompts, augment, seed, store, crop_size)
+        self.train_set = PromptedDataset(train, prompts, augment, seed, store, crop_size,
+                                         negatives=True)
         self.val_set = None if val is None else PromptedDataset(val, val_prompts or prompts,
                                                                 None, seed)
         self.train_sampler = EpochSampler(len(self.train_set), seed, shuffle=True)

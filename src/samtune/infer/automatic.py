@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from samtune.errors import SamtuneError
 from samtune.infer.mask_ops import (
     crop_boxes,
     fill_holes_and_sprinkles,
@@ -145,8 +146,8 @@ class AutomaticMaskGenerator:
         low-res logits) smaller than this many pixels; 0 disables it.
       output_mode: ``"binary_mask"`` (HxW bool arrays), ``"uncompressed_rle"`` or
         ``"coco_rle"`` (pycocotools RLE with ``str`` counts).
-      use_m2m: refine every mask once, feeding its low-res logits back with its point (SAM 2's
-        option; works for every family).
+      use_m2m: refine every mask once, feeding its low-res logits back with its point: SAM 2's
+        option, refused for SAM and MobileSAM, whose official generators have no such step.
       multimask_output: three masks per point (True) or one.
       tile_shape: (rows, columns) of the tiles a large image is processed in; None (default)
         processes the whole image at once, as the official generators.
@@ -195,6 +196,10 @@ class AutomaticMaskGenerator:
                             ("crop_overlap_ratio", crop_overlap_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
+        if use_m2m and model.family != "sam2":
+            raise SamtuneError(f"use_m2m is SAM 2's mask-to-mask refinement; {model.spec.name} "
+                               f"({model.family}) has no such step in its official generator: "
+                               "leave use_m2m off")
         self.model = model
         self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers,
                                         crop_n_points_downscale_factor)
@@ -408,8 +413,10 @@ class AutomaticMaskGenerator:
         if len(kept) == 0:
             return []
         areas = masks.areas()
-        boxes = xyxy_to_xywh(kept.boxes).tolist()
-        crop_xywh = [xyxy_to_xywh(torch.tensor(c.box)).tolist() for c in crops]
+        # the official types: SAM 2's generator gives float boxes, SAM's integer ones
+        number = float if self.model.family == "sam2" else int
+        boxes = [[number(v) for v in b] for b in xyxy_to_xywh(kept.boxes).tolist()]
+        crop_xywh = [[number(v) for v in xyxy_to_xywh(torch.tensor(c.box)).tolist()] for c in crops]
         crop_index, point = kept.crop.tolist(), kept.point.tolist()
         iou, stability = kept.iou.float().tolist(), kept.stability.float().tolist()
         records = []

@@ -379,8 +379,11 @@ def coco_ap(truth: GroundTruth, detections: list[dict]) -> dict[str, float | Non
         gt.dataset = {"images": truth.images, "annotations": truth.annotations,
                       "categories": [{"id": c, "name": str(c)} for c in sorted(truth.categories)]}
         gt.createIndex()
-        # loadRes writes ids, areas and boxes into the records: give it copies
-        evaluator = COCOeval(gt, gt.loadRes([dict(d) for d in detections]), iouType="segm")
+        # without "bbox", loadRes takes each detection's area from its mask: AP_small, medium
+        # and large then sort detections by mask area, as the ground truth (a thin diagonal
+        # object has a large box and a small mask); it writes into the records: give it copies
+        masks_only = [{k: v for k, v in d.items() if k not in ("bbox", "area")} for d in detections]
+        evaluator = COCOeval(gt, gt.loadRes(masks_only), iouType="segm")
         evaluator.params.useCats = 0
         evaluator.evaluate()
         evaluator.accumulate()
@@ -436,6 +439,7 @@ def metrics_document(results: Mapping[str, Mapping[str, ModeResult]], truth: Gro
                 entry["coco"] = coco_ap(truth, result.detections)
                 entry["coco_per_category"] = coco_ap_per_category(truth, result.detections,
                                                                   category_names)
+                entry["n_generated"] = len(result.detections)
             entry["images"] = [r.to_json() for r in result.images]
             models[label][mode] = entry
     first = next(iter(next(iter(results.values())).values()))
@@ -451,7 +455,21 @@ def metrics_document(results: Mapping[str, Mapping[str, ModeResult]], truth: Gro
         "models": models,
     }
     document["warnings"] = worse_than_base(document) if {"base", "tuned"} <= set(models) else []
+    document["notes"] = no_mask_notes(document, settings)
     return document
+
+
+def no_mask_notes(document: Mapping[str, Any], settings: EvalSettings) -> list[str]:
+    """One line per model whose automatic mode generated no mask at all: its AP of 0 says
+    nothing about the model, only that the thresholds kept nothing."""
+    notes = []
+    for label, per_mode in document["models"].items():
+        if per_mode.get("auto", {}).get("n_generated", 1) == 0:
+            amg = ", ".join(f"{k} {v}" for k, v in settings.amg.items()) or "the family defaults"
+            notes.append(f"the automatic mode produced no masks for the {label} model "
+                         f"({amg}): its AP of 0 measures nothing; lower --pred-iou-thresh "
+                         "and --stability-score-thresh to score it")
+    return notes
 
 
 def panel_mode(modes: Sequence[str]) -> str:
@@ -519,14 +537,47 @@ def run_eval(tuned: Adapter, base: Adapter, dataset: Sequence[Sample], out_dir: 
     info = {"date": datetime.now().isoformat(timespec="seconds"), "device": str(tuned.device),
             **info}
     metrics = metrics_document(results, truth, settings, info, category_names(dataset))
+    clear_report(Path(out_dir))
     report = write_report(out_dir, metrics, panel_cases(models, dataset, results, settings))
     if console is not None:
         console.print(console_table(metrics))
         line = warning_line(metrics["warnings"])
         if line:
             console.print(f"[yellow]warning: {line}[/]", highlight=False)
+        for note in metrics["notes"]:
+            console.print(f"[yellow]note: {note}[/]", highlight=False)
         console.print(f"report: {report}", highlight=False)
     return EvalOutcome(report, metrics, list(metrics["warnings"]))
+
+
+def clear_report(out_dir: Path) -> None:
+    """Remove the files an earlier report wrote into ``out_dir`` (its comparison panels are
+    named after its images): a report folder holds one evaluation, never a mix of two."""
+    for sub in ("comparisons", "plots"):
+        for old in (out_dir / sub).glob("*.png"):
+            old.unlink()
+
+
+def eval_folder_name(data: str | Path | None) -> str:
+    """``RUN/eval/<this>``: the dataset's name (its folder, or a COCO file's stem), or
+    ``val`` for the run's own validation data, so each dataset keeps its own report."""
+    if data is None:
+        return "val"
+    path = Path(data)
+    return (path.stem if path.is_file() else path.resolve().name) or "data"
+
+
+def report_folder(run_dir: Path) -> Path | None:
+    """The run's eval report to show (``samtune serve``): ``RUN/eval/val/``, the run's own
+    validation data, first; else one written straight into ``RUN/eval/`` (the demo, or an
+    older samtune); else the newest report of another dataset; None when there is none."""
+    root = Path(run_dir) / "eval"
+    others = sorted(root.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime_ns,
+                    reverse=True)
+    for found in [root / eval_folder_name(None) / "metrics.json", root / "metrics.json", *others]:
+        if found.is_file():
+            return found.parent
+    return None
 
 
 def category_names(dataset: Sequence[Sample]) -> dict[int, str]:
@@ -621,11 +672,12 @@ def _label(name: str, checkpoint: str | Path | None, seed: int | None) -> str:
     return f"{name} (random init{'' if seed is None else f', seed {seed}'})"
 
 
-def resolve_data(data: str | Path | None, split: str | None, run_config: Any = None
-                 ) -> tuple[Sequence[Sample], str, str]:
+def resolve_data(data: str | Path | None, split: str | None, run_config: Any = None,
+                 objects: str | None = None) -> tuple[Sequence[Sample], str, str]:
     """(dataset, description, split) to evaluate on: ``data`` (folder, COCO or LabPics) at
     ``split`` (default: its test split, else val, else all of an unsplit dataset), or without
-    ``data`` the run's validation data."""
+    ``data`` the run's validation data. ``objects`` reads folder masks as training does
+    (``auto``, ``components``, ``whole``, ``label_map``); None keeps the source's setting."""
     from samtune.data.detect import detect_layout, open_source
 
     if data is None:
@@ -635,9 +687,15 @@ def resolve_data(data: str | Path | None, split: str | None, run_config: Any = N
         from samtune.data.mixing import open_dataset
 
         paths = ", ".join(str(c.path) for c in (run_config.data.val or run_config.data.train))
-        return open_dataset(run_config.data, "val"), f"validation data of the run ({paths})", "val"
+        config = run_config.data
+        if objects is not None:
+            config = config.model_copy(update={key: [c.model_copy(update={"objects": objects})
+                                                     for c in getattr(config, key)]
+                                               for key in ("train", "val") if getattr(config, key)})
+        return open_dataset(config, "val"), f"validation data of the run ({paths})", "val"
     if split is None:
         parts = detect_layout(data).parts
         split = next((s for s in ("test", "val") if s in parts), "all" if "all" in parts
                      else next(iter(parts)))
-    return open_source(data, split=split), str(data), split
+    options = {} if objects is None else {"objects": objects}
+    return open_source(data, split=split, **options), str(data), split

@@ -83,7 +83,9 @@ def write_image_outputs(
 class CocoWriter:
     """Collects predictions image by image and writes them as one COCO instance file."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved_ids: set[int] | None = None) -> None:
+        """``reserved_ids``: image ids of the prompt file, never given to another image."""
+        self.reserved = set(reserved_ids or ())
         self.images: list[dict] = []
         self.annotations: list[dict] = []
         self.categories: dict[int, str] = {}
@@ -92,8 +94,13 @@ class CocoWriter:
         self.files: list[str] = []
 
     def add(self, prediction: ImagePrediction) -> None:
+        """Image ids and category ids come from the prompts when a COCO file gave them, so
+        the predictions score against that file (``COCO.loadRes`` + ``COCOeval``); else
+        images are numbered from 1 and objects get category 1."""
         h, w = prediction.image.shape[:2]
-        image_id = len(self.images) + 1
+        given = next((p.image_id for p in prediction.prompts or [] if p.image_id is not None), None)
+        taken = {img["id"] for img in self.images} | self.reserved
+        image_id = given if given is not None else max(taken, default=0) + 1
         self.images.append({"id": image_id, "file_name": prediction.name, "height": h, "width": w})
         for i, mask in enumerate(prediction.masks):
             prompt = prediction.prompts[i] if prediction.prompts else None

@@ -72,7 +72,7 @@ def predict_paths(
     jobs = plan_predictions(inputs, output, prompts)
     clear_earlier_result(output)
     result = PredictResult()
-    coco = CocoWriter()
+    coco = CocoWriter({o.image_id for _, _, objects in jobs for o in objects if o.image_id is not None})
     for name, path, objects in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) < 2):
         image = read_image_rgb(path)
         if generator is not None:

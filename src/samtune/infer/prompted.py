@@ -39,6 +39,8 @@ class ObjectPrompt:
     labels: np.ndarray | None = None
     category_id: int | None = None
     category_name: str | None = None
+    image_id: int | None = None
+    """The id of its image in the COCO file it came from (predictions keep it)."""
 
     @property
     def structure(self) -> tuple[bool, int]:
@@ -124,6 +126,7 @@ def _coco_prompts(data: dict, path: Path) -> dict[str, list[ObjectPrompt]]:
         obj = _object([x, y, x + w, y + h], None, None, where)
         obj.category_id = ann.get("category_id")
         obj.category_name = categories.get(obj.category_id)
+        obj.image_id = ann["image_id"]
         out[names[ann["image_id"]]].append(obj)
     return out
 

@@ -228,6 +228,8 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path],
     worse = warning_line(metrics.get("warnings", []))
     if worse:
         lines += [f"> **Warning:** {worse}.", ""]
+    for note in metrics.get("notes", []):
+        lines += [f"> **Note:** {note}.", ""]
     lines += ["## Prompt modes", ""]
     lines += [f"- **{m}**: {metrics['mode_descriptions'][m]}" for m in metrics["modes"]]
     lines += ["", ("Metrics at the original image size; boundary F1 with a 0-pixel tolerance; "

@@ -133,6 +133,10 @@ class Adapter(nn.Module, ABC):
 
     family: str = ""
     group_prefixes: dict[str, tuple[str, ...]] = {}
+    #: parameters of the official module that no samtune forward pass reaches (a classifier
+    #: head, an object-score head): they land in ``other``, never train, and so never stall
+    #: DDP's gradient reduction as parameters without a gradient.
+    unreached_prefixes: tuple[str, ...] = ()
     #: the official predictor clamps the low-res logits it returns to this range (SAM 2)
     output_logit_clamp: float | None = None
 
@@ -175,6 +179,11 @@ class Adapter(nn.Module, ABC):
         """(B, 3, S, S) preprocessed images -> per-image features."""
 
     @abstractmethod
+    def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T, C) sparse and (N, C, h, w) dense prompt embeddings, one row per object: the
+        prompt encoder's part of ``decode``."""
+
+    @abstractmethod
     def decode(
         self, features: Features, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +215,9 @@ class Adapter(nn.Module, ABC):
         groups: dict[str, dict[str, nn.Parameter]] = {g: {} for g in self.group_prefixes}
         groups["other"] = {}
         for name, p in self.model.named_parameters():
+            if name.startswith(self.unreached_prefixes):
+                groups["other"][name] = p
+                continue
             for group, prefixes in self.group_prefixes.items():
                 if name.startswith(prefixes):
                     groups[group][name] = p

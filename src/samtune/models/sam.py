@@ -161,14 +161,14 @@ class SamAdapter(Adapter):
     def decode(
         self, features: Features, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self._embed_prompts(prompts)
+        sparse, dense = self.embed_prompts(prompts)
         embed = features.image_embed[prompts.image_index]
         return _decode_sam_batched(
             self.model.mask_decoder, embed, self.model.prompt_encoder.get_dense_pe(),
             sparse, dense, multimask_output,
         )
 
-    def _embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         points = None if prompts.points is None else (prompts.points, prompts.point_labels)
         sparse, dense = self.model.prompt_encoder(
             points=points, boxes=prompts.boxes, masks=prompts.mask_inputs
@@ -191,6 +191,8 @@ class SamAdapter(Adapter):
 
 class MobileSamAdapter(SamAdapter):
     family = "mobile_sam"
+    #: TinyViT's ImageNet classifier (``norm_head``, ``head``): SAM uses only its neck
+    unreached_prefixes = ("image_encoder.norm_head.", "image_encoder.head.")
 
 
 def _decode_sam_batched(

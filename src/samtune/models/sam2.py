@@ -78,6 +78,8 @@ class Sam2Adapter(Adapter):
         "mask_decoder": ("sam_mask_decoder.",),
     }
     output_logit_clamp = 32.0
+    #: the object-score head: the image predictor discards its output, and so does ``decode``
+    unreached_prefixes = ("sam_mask_decoder.pred_obj_score_head.",)
 
     @property
     def image_size(self) -> int:
@@ -109,9 +111,7 @@ class Sam2Adapter(Adapter):
         ]
         return Features(feats[-1], tuple(feats[:-1]))
 
-    def decode(
-        self, features: Features, prompts: Prompts, multimask_output: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         """Box corners (labels 2, 3) first, then points, as ``SAM2ImagePredictor`` orders them."""
         n = len(prompts)
         coords, labels = prompts.points, prompts.point_labels
@@ -129,6 +129,12 @@ class Sam2Adapter(Adapter):
         )
         if sparse.shape[0] != n:
             sparse, dense = sparse.expand(n, -1, -1), dense.expand(n, -1, -1, -1)
+        return sparse, dense
+
+    def decode(
+        self, features: Features, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self.embed_prompts(prompts)
         selected = features.select(prompts.image_index)
         masks, iou_pred, _, _ = self.model.sam_mask_decoder(
             image_embeddings=selected.image_embed,

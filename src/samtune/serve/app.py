@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from samtune.errors import SamtuneError
+from samtune.infer.evaluate import report_folder
 from samtune.infer.rle import decode_rle, encode_coco_rles
 from samtune.serve.corrections import CorrectionFolder
 from samtune.serve.images import ImageStore, UnknownImage
@@ -283,8 +284,8 @@ def _pngs(eval_dir: Path, folder: str, base: str) -> list[str]:
 def _eval_dir(slot: Slot) -> Path:
     if slot.run_dir is None:
         raise UnknownModel(f"model {slot.id} is not a run folder, so it has no eval report")
-    eval_dir = slot.run_dir / "eval"
-    if not (eval_dir / "metrics.json").is_file():
-        raise NotFound(f"{eval_dir}: no eval report yet; run `samtune eval --model "
+    eval_dir = report_folder(slot.run_dir)
+    if eval_dir is None:
+        raise NotFound(f"{slot.run_dir / 'eval'}: no eval report yet; run `samtune eval --model "
                            f"{slot.run_dir}` and reload the page")
     return eval_dir

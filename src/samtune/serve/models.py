@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from samtune.errors import SamtuneError
+from samtune.infer.evaluate import report_folder
 from samtune.infer.predictor import Predictor
 from samtune.models.adapter import Adapter
 
@@ -51,7 +52,7 @@ class Slot:
             "id": self.id, "label": self.label, "ready": self.ready, "error": self.error,
             "name": spec.name if spec else None, "family": spec.family if spec else None,
             "run": str(self.run_dir) if self.run_dir else None,
-            "report": bool(self.run_dir and (self.run_dir / "eval" / "metrics.json").is_file()),
+            "report": bool(self.run_dir and report_folder(self.run_dir)),
         }
 
     def predictor(self, image_id: str, image: np.ndarray) -> tuple[Predictor, float | None]:

@@ -339,15 +339,24 @@ def export_run(
     return result
 
 
+def _metrics_of(entry: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in entry.items() if k.startswith("val/")}
+
+
 def checkpoint_metrics(run_dir: Path, path: Path, state: dict) -> dict[str, float]:
     """Validation metrics of a checkpoint's weights, where the run recorded them:
-    ``final_metrics.yaml`` for ``last.ckpt`` (validated right after it was written); for a
-    ``step=N-val_iou=X.ckpt`` the score its callback saved it for. Empty when unknown."""
+    ``final_metrics.yaml`` for ``last.ckpt`` (validated right after it was written) and for
+    the best checkpoint it names; for another ``step=N-val_iou=X.ckpt`` the score its callback
+    saved it for. Empty when unknown."""
     final = run_dir / "final_metrics.yaml"
+    recorded = read_yaml(final) if final.is_file() else {}
     if path.name == "last.ckpt":
-        if final.is_file() and final.stat().st_mtime >= path.stat().st_mtime:
-            return {k: float(v) for k, v in read_yaml(final).items()}
+        if recorded and final.stat().st_mtime >= path.stat().st_mtime:
+            return _metrics_of(recorded.get("last", recorded))  # flat: an older samtune's
         return {}
+    best = recorded.get("best", {})
+    if best.get("checkpoint") == path.resolve().name:
+        return _metrics_of(best)
     if path.resolve().name.startswith("step="):  # saved by the monitoring callback on scoring
         for cb in (state.get("callbacks") or {}).values():
             if isinstance(cb, dict) and cb.get("monitor") and cb.get("current_score") is not None:

@@ -34,6 +34,7 @@ from samtune.models.lora import add_lora, component
 from samtune.train.cache import EmbeddingCache
 from samtune.train.losses import SegmentationLoss
 from samtune.train.metrics import MaskMetrics
+from samtune.train.prompt_reach import kinds_drawn, prompt_reach
 from samtune.train.schedules import build_scheduler
 
 GROUPS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -68,6 +69,7 @@ class FineTuneModule(L.LightningModule):
         self.store: PreviousLogitsStore | None = None
         self.encoder_calls = 0
         self.skipped_batches = 0
+        self._drop_update = False
 
     # --- trainable parameters -------------------------------------------------------------
     def _configure_trainable(self) -> None:
@@ -91,6 +93,16 @@ class FineTuneModule(L.LightningModule):
                 p.requires_grad_(False)
         for p in groups["other"].values():
             p.requires_grad_(False)
+        # an item without objects trains as a negative with no prompt: the run's data decides
+        # whether one comes, so every run counts that path (an export rebuilds the same module)
+        reach = prompt_reach(self.adapter, kinds_drawn(
+            self.config.prompts, self.config.train.correction_rounds, negatives=True))
+        params = dict(self.adapter.model.named_parameters())
+        for name in reach.unreached:  # no prompt kind of this run could ever train them
+            params[name].requires_grad_(False)
+        #: trainable tensors that only some of the run's prompt kinds reach: any one step may
+        #: leave them without a gradient (DDP then has to look for unused parameters)
+        self.step_varying_parameters = reach.varying
         if not any(p.requires_grad for p in self.adapter.parameters()):
             raise ValueError("model.freeze leaves nothing to train; remove a group from it or add lora")
 
@@ -248,14 +260,21 @@ class FineTuneModule(L.LightningModule):
         return shrink(batch.targets), shrink(valid)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if batch.num_objects == 0:
-            return None
+        # every training item has an object: one without trains as a negative (datamodule)
         total, parts, (logits, iou, low), _ = self._step(batch, "train")
-        if not torch.isfinite(total.detach()).all():
-            self.nonfinite(f"loss is {float(total.detach())}")
-            return None  # Lightning skips the backward pass and the optimizer step
+        finite = bool(torch.isfinite(total.detach()).all())
+        if not self._finite_everywhere(finite):
+            self.nonfinite(f"loss is {float(total.detach())}" if not finite
+                           else "loss is not finite in another process")
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the backward pass and the optimizer step
+            # Lightning refuses a skipped step under DDP: every process runs its backward
+            # (the gradient all-reduce needs them all) and the update is dropped instead
+            self._drop_update = True
+            return total
         size = len(batch)
-        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        # averaged over the processes under DDP: the loss of the whole step's batch
+        self.log("train/loss", total, prog_bar=True, batch_size=size, sync_dist=True)
         for k, v in parts.items():
             self.log(f"train/loss_{k}", v, batch_size=size)
         if self.store is not None:
@@ -285,10 +304,23 @@ class FineTuneModule(L.LightningModule):
         self.val_metrics.reset()
 
     # --- divergence -----------------------------------------------------------------------
+    def _finite_everywhere(self, finite: bool) -> bool:
+        """Whether the loss is finite in every process: one decision for all of them, so a
+        non-finite loss in one stops or skips the step in each (a process that went on alone
+        would wait for the others in the gradient all-reduce)."""
+        if self.trainer.world_size == 1:
+            return finite
+        return self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        """A non-finite gradient never reaches the weights. (With ``16-mixed`` the gradient
-        scaler owns this: it skips such steps and lowers its scale.)"""
+        """A non-finite gradient never reaches the weights, nor does the step of a loss that
+        was not finite in some process under DDP. (With ``16-mixed`` the gradient scaler owns
+        this: it skips such steps and lowers its scale.)"""
+        drop, self._drop_update = self._drop_update, False
         if self.config.train.precision == "16-mixed":
+            return
+        if drop:
+            optimizer.zero_grad(set_to_none=True)  # the step then changes nothing
             return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():

@@ -27,7 +27,9 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
 )
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
@@ -40,6 +42,7 @@ from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
 from samtune.errors import SamtuneError, SamtuneWarning
 from samtune.files import atomic_path, check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
+from samtune.notices import notify
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.checkpoint_files import (
     AtomicCheckpointIO,
@@ -49,6 +52,8 @@ from samtune.train.checkpoint_files import (
 )
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
+from samtune.train.preflight import preflight
+from samtune.train.progress import StepProgressBar
 
 
 @dataclass
@@ -57,6 +62,15 @@ class TrainResult:
     best_checkpoint: Path | None
     base_metrics: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    """This process's rank: under DDP every process returns, and only rank 0 reports."""
+    stopped_early: str | None = None
+    """Why early stopping ended the run (what it watched, the best value); None otherwise."""
+    last_step: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """The best checkpoint's validation metrics (``final_metrics`` are the last weights')."""
+    best_step: int | None = None
+    """The best checkpoint's step; 0 when no validation beat the base model."""
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -82,6 +96,8 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     val_data = open_dataset(config.data, "val")
     if len(train_data) == 0:
         raise SamtuneError("the training data holds no images")
+    _, val_summary = preflight(train_data, val_data)
+    has_val = val_summary.objects > 0
     module = FineTuneModule(config).train()
     write_text(run_dir / "config.yaml", to_yaml(config))
     csv_file = run_dir / "logs" / METRICS_FILE
@@ -105,7 +121,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         if t.cache_in_memory == "auto":
             keep_cache_in_memory(module.cache, len(train_data) + len(val_data), device)
     datamodule = SamDataModule(
-        train_data, Collator.for_model(module.adapter), val=val_data if len(val_data) else None,
+        train_data, Collator.for_model(module.adapter), val=val_data if has_val else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
         batch_size=t.batch_size, val_batch_size=t.val_batch_size, num_workers=t.num_workers,
         seed=config.seed, store=store, crop_size=_crop_size(config, module),
@@ -114,39 +130,99 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         done = batches_done_in_epoch(start)
         if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
             datamodule.train_sampler.skip(done * t.batch_size)
-    trainer = build_trainer(config, has_val=len(val_data) > 0)
+    trainer = build_trainer(config, has_val=has_val,
+                            varying=module.step_varying_parameters)
     base: dict[str, float] = {}
     with _quiet_lightning():
-        if t.validate_before_training and len(val_data) and start is None:
+        if t.validate_before_training and has_val and start is None:
             base = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
-            write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
+            if trainer.is_global_zero:
+                write_text(run_dir / "base_metrics.yaml", to_yaml_dict(base))
+            for cb in trainer.checkpoint_callbacks:
+                if isinstance(cb, RunCheckpoint):
+                    cb.start_from_base(trainer, base)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
+        stopped = stop_reason(trainer)
+        base = base or _read_base(run_dir)  # a resume validated the base in its first attempt
         save_last(trainer, last)
-        final = {}
-        if len(val_data):  # the trained weights' score, whatever the validation interval
+        final: dict[str, float] = {}
+        best_metrics: dict[str, float] = {}
+        best_path, best_step = _best_path(trainer), None
+        if has_val:  # the trained weights' score, whatever the validation interval
             final = _scalars(trainer.validate(module, datamodule=datamodule, verbose=False))
-            write_text(run_dir / "final_metrics.yaml", to_yaml_dict(final))
-    best = _link_best(trainer)
-    return TrainResult(run_dir, best, base or _read_base(run_dir), final)
+            if best_path is not None:
+                best_metrics, best_step = _validate_best(trainer, module, datamodule, best_path,
+                                                         final, base)
+            if trainer.is_global_zero:
+                write_text(run_dir / "final_metrics.yaml", final_metrics_yaml(
+                    trainer.global_step, final, best_path, best_step, best_metrics))
+    best = _link_best(trainer) if trainer.is_global_zero else None
+    return TrainResult(run_dir, best, base, final, trainer.global_rank,
+                       stopped, trainer.global_step, best_metrics, best_step)
+
+
+def _best_path(trainer: L.Trainer) -> Path | None:
+    """The monitored checkpoint callback's best file; None when there is none on disk."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            path = Path(cb.best_model_path)
+            return path if path.is_file() else None
+    return None
+
+
+def _validate_best(trainer: L.Trainer, module: FineTuneModule, datamodule, best: Path,
+                   last_metrics: dict[str, float], base: dict[str, float]
+                   ) -> tuple[dict[str, float], int]:
+    """The best checkpoint's metrics on the same validation as the last weights', and its
+    step. The base (step 0; read back from ``base_metrics.yaml`` on a resume) and a best saved
+    at the last step are already measured; any other is loaded into the module and validated
+    (the run is over: the module may hold it) with the loggers off, so ``metrics.csv`` holds
+    only the run's own validations."""
+    state = load_checkpoint_file(best)
+    step = int(state.get("global_step", -1))
+    if step == 0 and base:
+        return base, 0
+    if step == trainer.global_step:
+        return last_metrics, step
+    module.load_state_dict(state["state_dict"])
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        return _scalars(trainer.validate(module, datamodule=datamodule, verbose=False)), step
+    finally:
+        trainer.loggers = loggers
+
+
+def final_metrics_yaml(last_step: int, last: dict[str, float], best: Path | None,
+                       best_step: int | None, best_metrics: dict[str, float]) -> str:
+    """``final_metrics.yaml``: the weights the run ended with (``last``) and the best
+    checkpoint's (``best``; step 0 is the base model), each with its step, validated alike."""
+    import yaml
+
+    out: dict = {"last": {"step": last_step, **{k: round(v, 6) for k, v in last.items()}}}
+    if best is not None and best_step is not None:
+        out["best"] = {"step": best_step, "checkpoint": best.name,
+                       **{k: round(v, 6) for k, v in best_metrics.items()}}
+    return yaml.safe_dump(out, sort_keys=False)
 
 
 def resume_point(run_dir: Path) -> Path | None:
     """The checkpoint a resume starts from: the newest complete one (``last.ckpt`` unless a
-    kill interrupted its save); None when the run stopped before saving any (it starts
-    again from step 0)."""
+    kill interrupted its save); None when the run stopped before saving any after a training
+    step (it starts again from step 0: the base model's ``step=0`` checkpoint is no point in
+    training, and the new start validates the base again and rewrites it)."""
     if not (run_dir / "config.yaml").is_file():
         raise SamtuneError(f"{run_dir}: not a run folder (no config.yaml)")
     ckpt_dir = run_dir / "checkpoints"
     found = resume_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
-    if found:
+    if found and checkpoint_step(found[0]) > 0:
         return found[0]
     damaged = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if damaged:
+    if damaged and not found:
         raise SamtuneError(f"{ckpt_dir}: no complete checkpoint to resume from "
                            f"({', '.join(damaged)} damaged); remove the folder to train the "
                            "run again from step 0")
-    warnings.warn(f"{run_dir}: no checkpoint yet (stopped before the first save); "
-                  "training it from step 0", SamtuneWarning, stacklevel=2)
+    warnings.warn(f"{run_dir}: no checkpoint of a training step yet (stopped before the "
+                  "first save); training it from step 0", SamtuneWarning, stacklevel=2)
     return None
 
 
@@ -155,7 +231,7 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(load_checkpoint_file(checkpoint).get("global_step", 0))
 
 
-def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
+def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = ()) -> L.Trainer:
     t = config.train
     run_dir = config.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -179,6 +255,8 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
                                        min_delta=e.min_delta))
     callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps))
+    if t.progress_bar:
+        callbacks.append(StepProgressBar())
     loggers = [TensorBoardLogger(run_dir, name="logs", version=""), RunCSVLogger(run_dir)]
     by_steps = t.val_every_n_steps is not None
     return L.Trainer(
@@ -186,13 +264,14 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
         max_steps=t.max_steps,
         max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 else None),
         accumulate_grad_batches=t.accumulate_grad_batches,
-        precision=t.precision,
+        precision=resolve_precision(config),
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=resolve_strategy(t.strategy, varying),
         gradient_clip_val=t.optimizer.grad_clip,
-        val_check_interval=t.val_every_n_steps if by_steps else None,
+        # Lightning counts this interval in batches; samtune's steps are optimizer steps
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches if by_steps else None,
         check_val_every_n_epoch=None if by_steps else t.val_every_n_epochs,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
@@ -208,6 +287,48 @@ def build_trainer(config: RunConfig, has_val: bool) -> L.Trainer:
     )
 
 
+def resolve_precision(config: RunConfig) -> str:
+    """``16-mixed`` on a CPU run becomes ``bf16-mixed`` (CPUs have no float16 autocast), said
+    in one line rather than left to a warning among Lightning's start-up messages."""
+    precision = config.train.precision
+    if precision == "16-mixed" and _runs_on_cpu(config.train.accelerator):
+        notify("precision 16-mixed: a CPU has no float16 autocast, so this run trains in "
+               "bf16-mixed (set train.precision: bf16-mixed to say so, or 32)")
+        return "bf16-mixed"
+    return precision
+
+
+def _runs_on_cpu(accelerator: str) -> bool:
+    if accelerator == "cpu":
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    gpu = torch.cuda.is_available() or (mps is not None and mps.is_available())
+    return accelerator == "auto" and not gpu
+
+
+def stop_reason(trainer: L.Trainer) -> str | None:
+    """Why early stopping ended the run, in its own words; None when it did not."""
+    for cb in trainer.callbacks:
+        if (isinstance(cb, EarlyStopping) and cb.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+                and cb.stopping_reason_message):
+            return (f"early stopping ended the run at step {trainer.global_step}: "
+                    f"{cb.stopping_reason_message.strip()}")
+    return None
+
+
+def resolve_strategy(strategy: str, varying: tuple[str, ...]) -> str | DDPStrategy:
+    """``ddp`` as Lightning's DDP, looking for unused parameters only when the run has some
+    that a step may leave without a gradient (``varying``, see
+    :mod:`samtune.train.prompt_reach`): the search costs a pass over the autograd graph per
+    step, and every other run reaches all its trainable parameters in every step."""
+    if strategy != "ddp" or not varying:
+        return strategy
+    tensors = sorted({name.rsplit(".", 1)[0] for name in varying})
+    notify(f"strategy ddp: {', '.join(tensors)} serve only some of the prompt kinds a step "
+           "may draw, so DDP looks for parameters without a gradient in each step")
+    return DDPStrategy(find_unused_parameters=True)
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint that also writes ``<name>.safetensors`` beside each file,
     holding only the trained tensors (official names, LoRA tensors included), then the
@@ -218,6 +339,21 @@ class RunCheckpoint(ModelCheckpoint):
         save_trained_tensors(trainer, Path(filepath))
         if trainer.is_global_zero:
             write_checksums(Path(filepath))
+
+    def start_from_base(self, trainer: L.Trainer, base: dict[str, float]) -> None:
+        """Count the base model's validation as the first candidate for best: it is saved as
+        ``step=0-...ckpt`` and stays best until a validation beats it, so a run that only got
+        worse keeps ``best.ckpt`` on the base weights."""
+        if not self.monitor or self.monitor not in base or self.save_top_k == 0:
+            return
+        score = torch.tensor(base[self.monitor])
+        metrics = {**{k: torch.tensor(v) for k, v in base.items()}, "step": torch.tensor(0)}
+        path = self.format_checkpoint_name(metrics)
+        self._save_checkpoint(trainer, path)
+        self.current_score = score
+        self.best_k_models = {path: score}
+        self.kth_best_model_path = self.best_model_path = path
+        self.kth_value = self.best_model_score = score
 
 
 class LastCheckpoint(Checkpoint):
@@ -231,9 +367,17 @@ class LastCheckpoint(Checkpoint):
     def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
+        self._step_seen: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_seen = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # only after a batch that ended an optimizer step: under gradient accumulation the
+        # others share the step, and a checkpoint after one would count that batch done but
+        # hold none of its gradient
+        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
+        if stepped and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             save_last(trainer, self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -370,11 +514,8 @@ def _crop_size(config: RunConfig, module: FineTuneModule) -> int | None:
 
 
 def _link_best(trainer: L.Trainer) -> Path | None:
-    best = None
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
-            best = Path(cb.best_model_path)
-    if best is None or not best.is_file():
+    best = _best_path(trainer)
+    if best is None:
         return None
     link = best.parent / "best.ckpt"
     tmp = best.parent / ".best.ckpt.tmp"
@@ -411,7 +552,10 @@ class _quiet_lightning:
         self._ctx.__enter__()
         for pattern in (".*does not have many workers.*", ".*number of training batches.*",
                         ".*dataloader is not resumable.*", ".*LeafSpec.*",
-                        ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*"):
+                        ".*module\\(s\\) in eval mode.*", ".*Experiment logs directory.*",
+                        ".*Checkpoint directory .* exists and is not empty.*",  # step=0, the base
+                        # MaskMetrics.compute() has already reduced over the processes
+                        ".*when logging on epoch level in distributed setting.*"):
             warnings.filterwarnings("ignore", message=pattern)
         return self
 
