@@ -59,6 +59,9 @@ def assert_same(official_out, ours_out, what: str) -> None:
 
 
 def run_parity(model, sizes, seed: int = 0) -> None:
+    """One predictor call per case and side: masks are the returned logits thresholded as the
+    predictors threshold them (``> mask_threshold``), checked against the boolean output once
+    per image."""
     official = official_predictor(model)
     ours = Predictor(model)
     rng = np.random.default_rng(seed)
@@ -66,23 +69,35 @@ def run_parity(model, sizes, seed: int = 0) -> None:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         official.set_image(image)
         ours.set_image(image)
+        checked_bool = False
+        # SamPredictor thresholds at its model's mask_threshold, SAM 2's predictor at its own
+        cut = getattr(official, "mask_threshold", None)
+        cut = official.model.mask_threshold if cut is None else cut
         for name, prompts in prompt_cases(h, w).items():
             for multimask in (True, False):
                 what = f"{model.spec.name} {h}x{w} {name} multimask={multimask}"
                 logits_official = official.predict(**prompts, multimask_output=multimask, return_logits=True)
                 logits_ours = ours.predict(**prompts, multimask_output=multimask, return_logits=True)
                 assert_same(logits_official, logits_ours, what)
-                masks_official = official.predict(**prompts, multimask_output=multimask)
-                masks_ours = ours.predict(**prompts, multimask_output=multimask)
-                assert masks_ours[0].dtype == bool
-                np.testing.assert_array_equal(masks_ours[0], masks_official[0], err_msg=what)
+                masks_official = logits_official[0] > cut
+                masks_ours = logits_ours[0] > ours.mask_threshold
+                np.testing.assert_array_equal(masks_ours, masks_official, err_msg=what)
+                if not checked_bool:
+                    plain = ours.predict(**prompts, multimask_output=multimask)
+                    assert plain[0].dtype == bool
+                    np.testing.assert_array_equal(plain[0], masks_ours, err_msg=f"{what} bool")
+                    checked_bool = True
                 # feed the best low-res logits back as the mask prompt, as SAM's notebooks do
-                best = int(np.argmax(masks_official[1]))
+                best = int(np.argmax(logits_official[1]))
                 fed_official = official.predict(
-                    **prompts, mask_input=masks_official[2][best][None], multimask_output=multimask)
+                    **prompts, mask_input=logits_official[2][best][None], multimask_output=multimask,
+                    return_logits=True)
                 fed_ours = ours.predict(
-                    **prompts, mask_input=masks_ours[2][best][None], multimask_output=multimask)
-                np.testing.assert_array_equal(fed_ours[0], fed_official[0], err_msg=f"{what} mask_input")
+                    **prompts, mask_input=logits_ours[2][best][None], multimask_output=multimask,
+                    return_logits=True)
+                np.testing.assert_array_equal(fed_ours[0] > ours.mask_threshold,
+                                              fed_official[0] > cut,
+                                              err_msg=f"{what} mask_input")
                 np.testing.assert_allclose(fed_ours[1], fed_official[1], atol=ATOL)
 
 

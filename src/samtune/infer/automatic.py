@@ -58,7 +58,7 @@ from samtune.infer.mask_ops import (
 )
 from samtune.infer.rle import encode_coco_rle, masks_to_uncompressed_rles
 from samtune.infer.tiling import check_tiling, make_tiles
-from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
+from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8, require_adapter
 from samtune.train.metrics import mask_areas
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -181,8 +181,7 @@ class AutomaticMaskGenerator:
         tile_shape: tuple[int, int] | None = None,
         halo: tuple[int, int] | None = None,
     ) -> None:
-        if not isinstance(model, Adapter):
-            raise TypeError(f"model must be a samtune model (samtune.load_model), got {type(model).__name__}")
+        require_adapter(model, "AutomaticMaskGenerator")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
         _check_int("points_per_batch", points_per_batch, 1)

@@ -1,10 +1,12 @@
-"""``Predictor``: the ``SamPredictor`` contract over any samtune model.
+"""``Predictor``: the ``SamPredictor`` contract (and SAM 2's additions) over any samtune model.
 
-Code written for ``segment_anything.SamPredictor`` (or SAM 2's image predictor) works with a
-fine-tuned samtune model by swapping the class: ``set_image`` once, then ``predict`` with
-points, a box and/or a low-res mask. A batch dimension on the prompts (``box`` of shape (N, 4),
-``point_coords`` of shape (N, P, 2)) predicts N objects in one decoder call, as SAM 2's
-predictor does; outputs then gain a leading N.
+Code written for ``segment_anything.SamPredictor`` or SAM 2's ``SAM2ImagePredictor`` works
+with a fine-tuned samtune model by swapping the class: ``set_image`` once, then ``predict``
+with points, a box and/or a low-res mask. A batch dimension on the prompts (``box`` of shape
+(N, 4), ``point_coords`` of shape (N, P, 2)) predicts N objects in one decoder call, as SAM 2's
+predictor does; outputs then gain a leading N. SAM 2's ``set_image_batch`` / ``predict_batch``
+and ``normalize_coords``, and SamPredictor's ``set_torch_image`` / ``predict_torch`` (prompts
+already in the model input frame), work for every family.
 
 With ``tile_shape`` (and ``halo``), a large image is not shrunk to the model's input: each
 tile is encoded on its tile plus halo (:mod:`samtune.infer.tiling`, micro-sam's convention)
@@ -14,29 +16,40 @@ centre, and its mask is pasted back at the tile's place in the full image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from samtune.infer.tiling import Tile, check_tiling, make_tiles, prompt_centres, tile_index
-from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8
+from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8, require_adapter
+
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _numpy(tensors: Sequence[torch.Tensor]) -> Outputs:
+    return tuple(t.float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
+                 for t in tensors)
 
 
 class Predictor:
-    """Prompted prediction on one image at a time.
+    """Prompted prediction on one image (or, after ``set_image_batch``, several).
 
     Arguments:
-      model: a samtune model (from :func:`samtune.load_model`).
+      model: a samtune model (from :func:`samtune.load_model`); anything else is refused.
       mask_threshold: logits above it are foreground (0.0, i.e. probability 0.5, as SAM).
       tile_shape: (rows, columns) of the tiles a large image is cut into; None (default)
         encodes the whole image at once, as the official predictors.
       halo: (rows, columns) added on every side of a tile for its encoding.
 
     In tiled mode the low-res logits (and ``mask_input``) are in the frame of the object's
-    tile, and :meth:`get_image_embedding` is not available (there is one per tile).
+    tile, :meth:`get_image_embedding` is not available (there is one per tile), and images
+    are set one at a time with :meth:`set_image`.
     """
 
     def __init__(self, model: Adapter, mask_threshold: float = 0.0,
                  tile_shape: tuple[int, int] | None = None, halo: tuple[int, int] | None = None) -> None:
+        require_adapter(model, "Predictor")
         self.model = model
         self.mask_threshold = mask_threshold
         self.tiling = check_tiling(tile_shape, halo)
@@ -49,11 +62,15 @@ class Predictor:
         self.image: np.ndarray | None = None
         self.tiles: list[Tile] = []
         self._tile_features: dict[int, tuple[Features, tuple[int, int]]] = {}
+        self._original_sizes: list[tuple[int, int]] = []
+        self._input_sizes: list[tuple[int, int]] = []
+        self._is_batch = False
 
     @property
     def is_image_set(self) -> bool:
         return self.features is not None or self.image is not None
 
+    # --- images -----------------------------------------------------------------------------
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an HxWx3 uint8 image (RGB, or BGR with ``image_format="BGR"``)."""
@@ -62,18 +79,53 @@ class Predictor:
         check_rgb_uint8(image)
         if image_format == "BGR":
             image = np.ascontiguousarray(image[..., ::-1])
-        self.reset_image()
         if self.tiling is not None:
+            self.reset_image()
             self.image, self.original_size = image, image.shape[:2]
             self.tiles = make_tiles(self.original_size, *self.tiling)
             return
-        batch = self.model.preprocess([image])
-        self.features = self.model.encode(batch.images)
-        self.original_size = batch.original_sizes[0]
-        self.input_size = batch.input_sizes[0]
+        self._encode(self.model.preprocess([image]).images, [image.shape[:2]], batch=False)
+
+    @torch.no_grad()
+    def set_image_batch(self, image_list: Sequence[np.ndarray]) -> None:
+        """Encode several HxWx3 uint8 RGB images in one encoder call, for
+        :meth:`predict_batch` (SAM 2's ``set_image_batch``)."""
+        self._require_untiled("set_image_batch")
+        if not isinstance(image_list, (list, tuple)) or not image_list:
+            raise ValueError("set_image_batch takes a non-empty list of HxWx3 uint8 images")
+        for i, image in enumerate(image_list):
+            check_rgb_uint8(image, f"image {i}")
+        self._encode(self.model.preprocess(list(image_list)).images,
+                     [image.shape[:2] for image in image_list], batch=True)
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor,
+                        original_image_size: tuple[int, ...]) -> None:
+        """Encode a (1, 3, h, w) image already resized as the family resizes (values 0-255,
+        not normalized, not padded), as ``SamPredictor.set_torch_image``; prompts then go to
+        :meth:`predict_torch` in the model input frame."""
+        self._require_untiled("set_torch_image")
+        if transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3):
+            raise ValueError(f"set_torch_image takes a 1x3xHxW tensor, got "
+                             f"{tuple(transformed_image.shape)}")
+        pixels = transformed_image.to(self.model.device)
+        images = self.model.preprocessor.finish(pixels)
+        self._encode(images, [tuple(original_image_size)[:2]], batch=False,
+                     input_sizes=[tuple(transformed_image.shape[-2:])])
+
+    def _encode(self, images: torch.Tensor, original_sizes, batch: bool, input_sizes=None) -> None:
+        self.reset_image()
+        self.features = self.model.encode(images)
+        self._original_sizes = [(int(h), int(w)) for h, w in original_sizes]
+        self._input_sizes = (list(input_sizes) if input_sizes is not None else
+                             [self.model.input_size_for(s) for s in self._original_sizes])
+        self._is_batch = batch
+        if not batch:
+            self.original_size, self.input_size = self._original_sizes[0], self._input_sizes[0]
 
     def get_image_embedding(self) -> torch.Tensor:
-        """(1, C, h, w) embedding of the current image (untiled mode)."""
+        """(B, C, h, w) embedding of the current image(s); B = 1 after ``set_image``
+        (untiled mode)."""
         self._require_image()
         if self.features is None:
             raise RuntimeError("a tiled predictor has one embedding per tile: use tile_features(i)")
@@ -89,6 +141,7 @@ class Predictor:
             self._tile_features[index] = (self.model.encode(batch.images), batch.input_sizes[0])
         return self._tile_features[index]
 
+    # --- prompts in image pixels ------------------------------------------------------------
     @torch.no_grad()
     def predict(
         self,
@@ -98,7 +151,8 @@ class Predictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        normalize_coords: bool = True,
+    ) -> Outputs:
         """Masks for the prompts, in original image pixels.
 
         Arguments (as ``SamPredictor.predict``):
@@ -108,35 +162,120 @@ class Predictor:
           mask_input: (1, h, w) low-res logits from a previous call, or (N, 1, h, w).
           multimask_output: three candidate masks instead of one.
           return_logits: logits instead of boolean masks.
+          normalize_coords: True (the default): coordinates in pixels; False: as fractions
+            of the image width and height (SAM 2's option).
 
         Returns (masks (C, H, W), scores (C,), low-res logits (C, h, w)), each with a leading N
         when the prompts carry one.
         """
         self._require_image()
+        if self._is_batch:
+            raise RuntimeError("images were set with set_image_batch: call predict_batch, or "
+                               "set_image for one image")
+        return self._predict_image(0, point_coords, point_labels, box, mask_input,
+                                   multimask_output, return_logits, normalize_coords)
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        point_coords_batch: Sequence[np.ndarray | None] | None = None,
+        point_labels_batch: Sequence[np.ndarray | None] | None = None,
+        box_batch: Sequence[np.ndarray | None] | None = None,
+        mask_input_batch: Sequence[np.ndarray | None] | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """:meth:`predict` for each image of ``set_image_batch``, prompts given per image
+        (lists as long as the batch, or None); returns lists of masks, scores and low-res
+        logits, as SAM 2's ``predict_batch``."""
+        self._require_image()
+        if not self._is_batch:
+            raise RuntimeError("predict_batch needs images set with set_image_batch")
+        n = len(self._original_sizes)
+        given = {"point_coords_batch": point_coords_batch, "point_labels_batch": point_labels_batch,
+                 "box_batch": box_batch, "mask_input_batch": mask_input_batch}
+        for name, value in given.items():
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} images")
+        out: tuple[list, list, list] = ([], [], [])
+        for i in range(n):
+            def pick(batch):
+                return None if batch is None else batch[i]
+
+            result = self._predict_image(
+                i, pick(point_coords_batch), pick(point_labels_batch), pick(box_batch),
+                pick(mask_input_batch), multimask_output, return_logits, normalize_coords)
+            for bucket, value in zip(out, result):
+                bucket.append(value)
+        return out
+
+    def _predict_image(self, index: int, point_coords, point_labels, box, mask_input,
+                       multimask_output: bool, return_logits: bool,
+                       normalize_coords: bool) -> Outputs:
         arrays, batched = self._arrays(point_coords, point_labels, box, mask_input)
         if self.tiling is None:
-            out = self._decode(self.features, self.input_size, self.original_size, arrays,
-                               multimask_output, return_logits)
+            size = self._original_sizes[index]
+            prompts = self._prompts(*arrays, size, index, normalize_coords)
+            out = _numpy(self._decode(self.features, self._input_sizes[index], size, prompts,
+                                      multimask_output, return_logits))
         else:
+            if not normalize_coords:
+                arrays = self._to_pixels(arrays)
             out = self._decode_tiled(arrays, multimask_output, return_logits)
         return out if batched else tuple(t[0] for t in out)
 
+    # --- prompts in the model input frame ---------------------------------------------------
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``SamPredictor.predict_torch``: B objects' prompts as tensors already in model
+        input pixels (``point_coords`` (B, P, 2), ``point_labels`` (B, P), ``boxes`` (B, 4),
+        ``mask_input`` (B, 1, h, w)); returns masks (B, C, H, W) at the original size, scores
+        (B, C) and low-res logits (B, C, h, w), as tensors on the model's device."""
+        self._require_image()
+        self._require_untiled("predict_torch")
+        if self._is_batch:
+            raise RuntimeError("predict_torch works on the image of set_image/set_torch_image")
+        device = self.model.device
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_labels must be given with point_coords")
+        tensors = [None if t is None else t.to(device)
+                   for t in (point_coords, point_labels, boxes, mask_input)]
+        counts = {len(t) for t in tensors if t is not None}
+        if len(counts) > 1:
+            raise ValueError(f"prompts disagree on the number of objects: {sorted(counts)}")
+        n = counts.pop() if counts else 1
+        points, labels, box_t, masks = tensors
+        prompts = Prompts(torch.zeros(n, dtype=torch.long, device=device), points,
+                          None if labels is None else labels.to(torch.int), box_t,
+                          None if masks is None else masks.float())
+        return self._decode(self.features, self.input_size, self.original_size, prompts,
+                            multimask_output, return_logits)
+
+    # --- shared -----------------------------------------------------------------------------
     def _decode(self, features: Features, input_size: tuple[int, int], size: tuple[int, int],
-                arrays: tuple, multimask_output: bool, return_logits: bool) -> tuple[np.ndarray, ...]:
-        """(masks, scores, low-res logits) as numpy, for prompts in pixels of an image of
-        ``size`` whose encoding is ``features``."""
-        low_res, scores = self.model.decode(features, self._prompts(*arrays, size), multimask_output)
+                prompts: Prompts, multimask_output: bool, return_logits: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masks, scores, low-res logits) for model-input prompts on an image of ``size``
+        whose encoding is ``features``."""
+        low_res, scores = self.model.decode(features, prompts, multimask_output)
         masks = self.model.postprocess(low_res, input_size, size)
         if not return_logits:
             masks = masks > self.mask_threshold
         clamp = self.model.output_logit_clamp
         if clamp is not None:
             low_res = low_res.clamp(-clamp, clamp)
-        return tuple(t.float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
-                     for t in (masks, scores, low_res))
+        return masks, scores, low_res
 
-    def _decode_tiled(self, arrays: tuple, multimask_output: bool, return_logits: bool
-                      ) -> tuple[np.ndarray, ...]:
+    def _decode_tiled(self, arrays: tuple, multimask_output: bool, return_logits: bool) -> Outputs:
         """Each object decoded on the tile of its prompts' centre, pasted into the image.
 
         In the tile's frame a box is clipped to the outer block, and a point outside the
@@ -160,16 +299,22 @@ class Predictor:
         for index in np.unique(which):
             rows = np.flatnonzero(which == index)
             tile = self.tiles[int(index)]
-            features, input_size = self.tile_features(int(index))
-            local = self._to_tile(arrays, rows, tile)
-            t_masks, t_scores, t_low = self._decode(features, input_size, tile.outer_size, local,
-                                                    multimask_output, return_logits)
+            t_masks, t_scores, t_low = self._decode_tile(
+                tile, self._to_tile(arrays, rows, tile), multimask_output, return_logits)
             x0, y0, x1, y1 = tile.outer
             masks[rows, :, y0:y1, x0:x1] = t_masks
             scores[rows], low_res[rows] = t_scores, t_low
         return masks, scores, low_res
 
-    def _decode_unprompted(self, multimask_output: bool, return_logits: bool) -> tuple[np.ndarray, ...]:
+    def _decode_tile(self, tile: Tile, arrays: tuple, multimask_output: bool,
+                     return_logits: bool) -> Outputs:
+        """:meth:`_decode` on ``tile``'s encoding, prompts in the pixels of its outer block."""
+        features, input_size = self.tile_features(tile.index)
+        prompts = self._prompts(*arrays, tile.outer_size)
+        return _numpy(self._decode(features, input_size, tile.outer_size, prompts,
+                                   multimask_output, return_logits))
+
+    def _decode_unprompted(self, multimask_output: bool, return_logits: bool) -> Outputs:
         """No prompt at all (the prompt-free use of a fine-tuned decoder): every tile decoded
         without one, each pixel taken from the tile whose inner block holds it; the scores and
         low-res logits are those of the first tile."""
@@ -177,9 +322,7 @@ class Predictor:
         masks = np.zeros((1, k, *self.original_size), dtype=np.float32 if return_logits else bool)
         first = None
         for tile in self.tiles:
-            features, input_size = self.tile_features(tile.index)
-            out = self._decode(features, input_size, tile.outer_size, (None,) * 4,
-                               multimask_output, return_logits)
+            out = self._decode_tile(tile, (None,) * 4, multimask_output, return_logits)
             first = first or out
             x0, y0, x1, y1 = tile.inner
             ox, oy = tile.outer[:2]
@@ -199,6 +342,13 @@ class Predictor:
             b = b - np.tile(tile.offset, 2)
             b = np.clip(b, 0, [w, h, w, h])
         return pc, pl, b, m
+
+    def _to_pixels(self, arrays: tuple) -> tuple:
+        """Prompt arrays given as fractions of the image width and height, in its pixels."""
+        pc, pl, b, m = arrays
+        h, w = self.original_size
+        return (None if pc is None else pc * [w, h], pl,
+                None if b is None else b * [w, h, w, h], m)
 
     def _arrays(self, point_coords, point_labels, box, mask_input) -> tuple[tuple, bool]:
         """The prompts as batched numpy arrays ((N, P, 2), (N, P), (N, 4), (N, 1, h, w)),
@@ -243,15 +393,21 @@ class Predictor:
             raise ValueError(f"prompts disagree on the number of objects: {counts}")
         return (pc, pl, b, m), batched
 
-    def _prompts(self, pc, pl, b, m, size: tuple[int, int]) -> Prompts:
-        """Model-input prompts from the batched arrays, for an image of ``size``."""
+    def _prompts(self, pc, pl, b, m, size: tuple[int, int], index: int = 0,
+                 normalize_coords: bool = True) -> Prompts:
+        """Model-input prompts from the batched arrays, for image ``index`` of ``size``;
+        coordinates in its pixels, or as fractions of it when ``normalize_coords`` is False."""
         device = self.model.device
+        pre = self.model.preprocessor
         points = labels = boxes = masks = None
         if pc is not None:
-            points = self.model.transform_coords(pc, size).to(device)
+            points = (self.model.transform_coords(pc, size) if normalize_coords
+                      else pre.transform_normalized_coords(pc, size)).to(device)
             labels = torch.as_tensor(pl, dtype=torch.int, device=device)
         if b is not None:
-            boxes = self.model.transform_boxes(b, size).to(device)
+            boxes = (self.model.transform_boxes(b, size) if normalize_coords else
+                     pre.transform_normalized_coords(b.reshape(-1, 2, 2), size).reshape(-1, 4))
+            boxes = boxes.to(device)
         if m is not None:
             masks = torch.as_tensor(m, dtype=torch.float, device=device)
         n = max((len(t) for t in (points, boxes, masks) if t is not None), default=1)
@@ -259,9 +415,14 @@ class Predictor:
             None if t is None else (t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t)
             for t in (points, labels, boxes, masks)
         )
-        index = torch.zeros(n, dtype=torch.long, device=device)
-        return Prompts(index, points, labels, boxes, masks)
+        image_index = torch.full((n,), index, dtype=torch.long, device=device)
+        return Prompts(image_index, points, labels, boxes, masks)
 
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    def _require_untiled(self, what: str) -> None:
+        if self.tiling is not None:
+            raise RuntimeError(f"{what} is not available on a tiled predictor: set one image at "
+                               "a time with set_image")

@@ -15,11 +15,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from samtune.errors import SamtuneError
 from samtune.models.preprocess import Preprocessor
 from samtune.models.registry import ModelSpec
 
@@ -108,6 +110,26 @@ class Preprocessed:
     images: torch.Tensor
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
     original_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+class NotAModelError(SamtuneError, TypeError):
+    """Something that is not a samtune model where one is needed (an official ``Sam``
+    module, a path, a name): the message says how to make one."""
+
+
+def require_adapter(model: object, who: str) -> None:
+    """Refuse anything but an :class:`Adapter`, naming what was given and the fix."""
+    if isinstance(model, Adapter):
+        return
+    what = type(model).__name__
+    if isinstance(model, nn.Module):
+        fix = ("wrap the official module's weights: samtune.load_model(NAME, checkpoint=FILE), "
+               "or torch.save(module.state_dict(), FILE) first")
+    elif isinstance(model, (str, Path)):
+        fix = f"load it first: {who}(samtune.load_model({str(model)!r}))"
+    else:
+        fix = "make one with samtune.load_model(NAME_RUN_OR_FILE)"
+    raise NotAModelError(f"{who} takes a samtune model (samtune.load_model), got {what}: {fix}")
 
 
 def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:

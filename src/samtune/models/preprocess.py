@@ -71,6 +71,21 @@ class Preprocessor(ABC):
         b = np.asarray(boxes, dtype=np.float64)
         return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
 
+    def transform_normalized_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """(..., 2) xy as fractions of the original width and height (SAM 2's
+        ``normalize_coords=False``) -> model input pixels, float32."""
+        in_h, in_w = self.input_size(original_size)
+        c = torch.as_tensor(np.array(coords, dtype=np.float64))
+        c[..., 0] *= in_w
+        c[..., 1] *= in_h
+        return c.float()
+
+    @abstractmethod
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) images already resized as this preprocessing resizes (values 0-255, not
+        normalized, not padded: what ``SamPredictor.set_torch_image`` takes) -> (B, 3, S, S)
+        model input."""
+
     def resize_masks(self, masks) -> torch.Tensor:
         """(k, H, W) bool masks in original pixels -> (k, S, S) bool in the model input frame.
 
@@ -109,6 +124,15 @@ class ResizeLongestSide(Preprocessor):
         out[:, :new_h, :new_w] = self._normalize(x)
         return out
 
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """Normalize, then zero-pad bottom/right to SxS, as ``Sam.preprocess``."""
+        h, w = resized.shape[-2:]
+        if max(h, w) != self.size:
+            raise ValueError(f"a resized image must have its longest side {self.size}, got {h}x{w}")
+        out = resized.new_zeros(resized.shape[0], 3, self.size, self.size, dtype=torch.float32)
+        out[:, :, :h, :w] = self._normalize(resized.float())
+        return out
+
 
 class SquareResize(Preprocessor):
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -122,6 +146,17 @@ class SquareResize(Preprocessor):
         c[..., 0] = c[..., 0] / w
         c[..., 1] = c[..., 1] / h
         return c * self.size
+
+    def transform_normalized_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
+        """Fractions of the original size times S, in float32, as SAM 2 scales them."""
+        return torch.as_tensor(np.asarray(coords), dtype=torch.float32) * self.size
+
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """Scale to [0, 1], then normalize (no padding: SAM 2's input is the resized square)."""
+        if tuple(resized.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"a resized image must be {self.size}x{self.size}, got "
+                             f"{tuple(resized.shape[-2:])}")
+        return self._normalize(resized.float().div(255.0))
 
     def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) float32, as ``SAM2Transforms``."""
@@ -159,6 +194,15 @@ class ResizeLongestSideMinMax(Preprocessor):
         scale, _ = self.coord_scale(original_size)
         return torch.as_tensor(np.trunc(np.asarray(boxes, dtype=np.float64) * scale)).float()
 
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """Min-max scale each image over all its channels (in float64), then zero-pad."""
+        h, w = resized.shape[-2:]
+        if max(h, w) != self.size:
+            raise ValueError(f"a resized image must have its longest side {self.size}, got {h}x{w}")
+        out = resized.new_zeros(resized.shape[0], 3, self.size, self.size, dtype=torch.float32)
+        out[:, :, :h, :w] = _min_max(resized)
+        return out
+
     def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) float32 in [0, 1], zero-padded."""
         new_h, new_w = self.input_size(image.shape[:2])
@@ -195,6 +239,13 @@ class MedSamResize(Preprocessor):
         c[..., 1] = c[..., 1] / h * self.size
         return c.float()
 
+    def finish(self, resized: torch.Tensor) -> torch.Tensor:
+        """Min-max scale each SxS image over all its channels (in float64)."""
+        if tuple(resized.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"a resized image must be {self.size}x{self.size}, got "
+                             f"{tuple(resized.shape[-2:])}")
+        return _min_max(resized)
+
     def __call__(self, image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) float32 in [0, 1]."""
         from skimage.transform import resize
@@ -204,3 +255,12 @@ class MedSamResize(Preprocessor):
         low, high = float(resized.min()), float(resized.max())
         x = (resized - low) / max(high - low, 1e-8)
         return torch.tensor(x, device=device).float().permute(2, 0, 1).contiguous()
+
+
+def _min_max(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, h, w) -> each image scaled by its own minimum and maximum to [0, 1], computed in
+    float64 as numpy computes it in the authors' scripts (a flat image becomes zeros)."""
+    x = images.double()
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - low) / (high - low).clamp_min(1e-8)).float()
