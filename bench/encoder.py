@@ -30,7 +30,7 @@ from common import activation_mib, device_name, images_per_s, precision_autocast
 from torch.utils.flop_counter import FlopCounterMode
 
 from samtune.files import write_json
-from samtune.models import load_model
+from samtune import load_model
 from samtune.models.fast import (
     compile_model,
     enable_fused_attention,

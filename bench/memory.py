@@ -48,7 +48,7 @@ def masks(n: int, seed: int):
 
 
 def measure_metrics(n: int, chunked: bool) -> float:
-    from samtune.train import metrics
+    from samtune import metrics
 
     pred, target = masks(n, 0), masks(n, 1)
     base = max(rss_mib(), peak_mib())

@@ -31,7 +31,7 @@ def make_run(root, dataset, with_weights=True):
                                      "name=r", "model.name=sam_tiny"])
     write_text(config.run_dir / "config.yaml", to_yaml(config))
     if with_weights:
-        from samtune.models import load_model
+        from samtune import load_model
 
         torch.manual_seed(123)
         (config.run_dir / "export").mkdir()

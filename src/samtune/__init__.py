@@ -6,7 +6,8 @@ official generators' records) and :func:`list_models`.
 """
 
 from samtune.errors import SamtuneError
-from samtune.models import get_spec, list_models, load_model
+from samtune.models import get_spec, list_models
+from samtune.runs import load_model
 
 __version__ = "0.1.0"
 

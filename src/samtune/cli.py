@@ -169,7 +169,7 @@ def predict_command(
     from samtune.infer.predict_files import plan_predictions, predict_paths
     from samtune.infer.predictor import Predictor
     from samtune.infer.prompted import parse_flag_prompts, read_prompt_file
-    from samtune.models import load_model
+    from samtune.runs import load_model
     from samtune.models.fast import inference_options
 
     given = [bool(box or point), prompts is not None, auto]

@@ -17,7 +17,8 @@ from pycocotools import mask as mask_utils
 
 from samtune import AutomaticMaskGenerator, load_model
 from samtune.errors import SamtuneError
-from samtune.infer.automatic import DEFAULT_PRED_IOU_THRESH, PRESETS
+from samtune.infer.automatic import PRESETS
+from samtune.models.sam2 import Sam2Adapter
 from samtune.infer.mask_ops import component_areas, crop_boxes, point_grid
 from samtune.infer.rle import decode_rle
 
@@ -192,7 +193,7 @@ def test_output_modes(models, name):
 def test_family_defaults_and_nothing_found(models):
     assert AutomaticMaskGenerator(models["sam_tiny"]).pred_iou_thresh == 0.88
     assert AutomaticMaskGenerator(models["mobile_sam_tiny"]).pred_iou_thresh == 0.88
-    assert AutomaticMaskGenerator(models["sam2_tiny"]).pred_iou_thresh == 0.8 == DEFAULT_PRED_IOU_THRESH["sam2"]
+    assert AutomaticMaskGenerator(models["sam2_tiny"]).pred_iou_thresh == 0.8 == Sam2Adapter.everything.pred_iou_thresh
     generator = AutomaticMaskGenerator(models["sam_tiny"], **PRESETS["R4"])
     assert generator.min_mask_region_area == 300 and len(generator.point_grids[0]) == 32 * 32
     for mode in ("binary_mask", "uncompressed_rle", "coco_rle"):

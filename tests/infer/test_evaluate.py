@@ -25,7 +25,7 @@ from samtune.infer.evaluate import (
     summarize,
 )
 from samtune.infer.rle import encode_coco_rles
-from samtune.models import load_model
+from samtune import load_model
 
 PROMPTED = ("box", "point", "points3", "box+point", "none")
 
@@ -158,7 +158,7 @@ def test_summarize_known_numbers():
 
 def test_summarize_matches_mask_metrics_class():
     """The evaluator's aggregates equal the training metric's (same definitions)."""
-    from samtune.train.metrics import MaskMetrics
+    from samtune.metrics import MaskMetrics
 
     rng = np.random.default_rng(0)
     pred, truth = rng.random((5, 16, 16)) > 0.5, rng.random((5, 16, 16)) > 0.4

@@ -82,7 +82,7 @@ def test_report_files(tmp_path):
 def test_run_eval_warns_on_console(tmp_path):
     import torch
 
-    from samtune.models import load_model
+    from samtune import load_model
 
     scenes = [Sample(image=np.random.default_rng(i).integers(0, 255, (24, 32, 3), np.uint8),
                      masks=np.stack([rect(2, 12, 2, 14), rect(14, 22, 16, 30)]),

@@ -21,7 +21,6 @@ from samtune.models.fast import (
     compile_model,
     enable_fused_attention,
     enable_gradient_checkpointing,
-    encoder_blocks,
     fused_attention_count,
     inference_options,
     saved_tensor_bytes,
@@ -179,7 +178,7 @@ def test_state_dict_unchanged_and_idempotent(name):
     adapter = randomized(name)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     done = apply_fast_options(adapter, fused_attention=True, gradient_checkpointing=True, compile=True)
-    assert done == {"fused_attention": SWITCHED[name], "gradient_checkpointing": len(encoder_blocks(adapter)),
+    assert done == {"fused_attention": SWITCHED[name], "gradient_checkpointing": len(adapter.encoder_blocks()),
                     "compile": 2}
     again = apply_fast_options(adapter, fused_attention=True, gradient_checkpointing=True, compile=True)
     assert again == {"fused_attention": 0, "gradient_checkpointing": 0, "compile": 0}
@@ -253,7 +252,7 @@ def test_gradient_checkpointing_same_gradients_less_saved(name):
     enable_fused_attention(plain)
     plain.train()
     checkpointed = copy.deepcopy(plain)
-    assert enable_gradient_checkpointing(checkpointed) == len(encoder_blocks(checkpointed)) > 0
+    assert enable_gradient_checkpointing(checkpointed) == len(checkpointed.encoder_blocks()) > 0
     images = torch.randn(2, 3, plain.image_size, plain.image_size, generator=torch.Generator().manual_seed(0))
     expected = encoder_grads(plain, images)
     got = encoder_grads(checkpointed, images)
@@ -283,7 +282,7 @@ def test_train_config_applies_fast_options():
     assert config.train.fused_attention and not config.train.compile
     module = FineTuneModule(config)
     assert fused_attention_count(module.adapter) == SWITCHED["sam_tiny"]
-    blocks = encoder_blocks(module.adapter)
+    blocks = module.adapter.encoder_blocks()
     assert enable_gradient_checkpointing(module.adapter) == 0 and blocks
     off = build_run_config(None, ["model.name=sam_tiny", "train.fused_attention=false"])
     assert fused_attention_count(FineTuneModule(off).adapter) == 0

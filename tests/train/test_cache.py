@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 from samtune.models.adapter import Features
-from samtune.models.load import load_model
+from samtune import load_model
 from samtune.train.cache import (
     FORMAT_VERSION,
     EmbeddingCache,

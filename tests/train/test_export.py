@@ -28,7 +28,8 @@ from samtune.models.checkpoints import read_state_dict
 from samtune.models.load import base_checksum, build_adapter, build_official
 from samtune.models.registry import get_spec
 from samtune.models.sam2 import TINY_OVERRIDES
-from samtune.train.export import base_model, export_run
+from samtune.runs import base_model
+from samtune.train.export import export_run
 from samtune.train.module import FineTuneModule
 from samtune.train.run import train
 
@@ -282,7 +283,7 @@ def test_cli_export_and_errors(runs, tmp_path):
 
 def test_checkpoint_choice(tmp_path):
     """Default best, else last (a run without validation data keeps no best.ckpt)."""
-    from samtune.train.export import resolve_checkpoint
+    from samtune.runs import resolve_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -299,7 +300,7 @@ def test_checkpoint_choice(tmp_path):
 def test_checkpoint_metrics_read_final_metrics_yaml_new_and_old(tmp_path):
     """final_metrics.yaml holds `last` and `best` entries; an older run's flat file is the last
     weights' metrics."""
-    from samtune.train.export import checkpoint_metrics
+    from samtune.runs import checkpoint_metrics
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

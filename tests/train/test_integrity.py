@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from samtune import load_model
 from samtune.cli import app
 from samtune.errors import CheckpointError
-from samtune.train.export import export_run, verify_export
+from samtune.runs import verify_export
+from samtune.train.export import export_run
 from samtune.train.run import train
 
 

@@ -11,7 +11,7 @@ from samtune.data.datamodule import PromptedDataset
 from samtune.data.sample import Sample
 from samtune.data.synthetic import make_scenes, write_folder
 from samtune.errors import SamtuneError
-from samtune.models import load_model
+from samtune import load_model
 from samtune.notices import TrainWarning
 from samtune.train.run import train
 

@@ -12,7 +12,8 @@ from samtune import load_model
 from samtune.cli import app
 from samtune.config import ConfigError, build_run_config
 from samtune.errors import SamtuneError
-from samtune.train.run import load_run_config, train
+from samtune.runs import load_run_config
+from samtune.train.run import train
 
 
 def test_run_folder_holds_config_checkpoints_and_logs(make_config):

@@ -10,7 +10,7 @@ from samtune.cli import app
 from samtune.data.batch import Collator
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
-from samtune.models import load_model
+from samtune import load_model
 from samtune.train.run import train
 
 

@@ -25,7 +25,8 @@ object are merged by NMS over all tiles (``crop_nms_thresh``, higher predicted I
 Masks are pasted at their tile's place, so the result has no seams as long as an object
 fits in the halo beyond its tile's border. Only one tile's features exist at a time.
 
-The two official generators differ in two places, and so does this one, by model family:
+The two official generators differ in two places, and so does this one, by the adapter's
+``everything`` defaults (``SegmentEverything``, on each family's adapter class):
 SAM 2's default ``pred_iou_thresh`` is 0.8 (SAM's 0.88), and SAM 2 applies
 ``min_mask_region_area`` to the low-res logits of every candidate (holes and sprinkles, as its
 image predictor's ``max_hole_area``/``max_sprinkle_area``) where SAM cleans holes and islands
@@ -59,15 +60,12 @@ from samtune.infer.mask_ops import (
 from samtune.infer.rle import encode_coco_rle, masks_to_uncompressed_rles
 from samtune.infer.tiling import check_tiling, make_tiles
 from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8, require_adapter
-from samtune.train.metrics import mask_areas
+from samtune.metrics import mask_areas
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 #: full-size logits computed at once when scoring masks (8M pixels, 32 MiB of float32)
 _CHUNK_PIXELS = 1 << 23
-
-#: the official generators' ``pred_iou_thresh`` default, by model family
-DEFAULT_PRED_IOU_THRESH = {"sam": 0.88, "mobile_sam": 0.88, "sam2": 0.8}
 
 #: settings of the reference projects, as keyword arguments of :class:`AutomaticMaskGenerator`
 PRESETS: dict[str, dict[str, Any]] = {
@@ -203,7 +201,7 @@ class AutomaticMaskGenerator:
         self.point_grids = _point_grids(points_per_side, point_grids, crop_n_layers,
                                         crop_n_points_downscale_factor)
         self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = (DEFAULT_PRED_IOU_THRESH.get(model.family, 0.88)
+        self.pred_iou_thresh = (model.everything.pred_iou_thresh
                                 if pred_iou_thresh is None else float(pred_iou_thresh))
         self.stability_score_thresh = stability_score_thresh
         self.stability_score_offset = stability_score_offset
@@ -243,7 +241,7 @@ class AutomaticMaskGenerator:
             kept = kept.select(batched_nms(kept.boxes.float(), scores,
                                            torch.zeros_like(scores), self.crop_nms_thresh))
         masks = self._box_masks(kept, crops, (h, w))
-        if self.min_mask_region_area > 0 and self.model.family != "sam2":
+        if self.min_mask_region_area > 0 and not self.model.everything.regions_at_low_res:
             masks, kept = self._remove_small_regions(masks, kept)
         return self._records(masks, kept, crops)
 
@@ -305,7 +303,7 @@ class AutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             low_res, iou, point = low_res[keep], iou[keep], point[keep]
-        if self.min_mask_region_area > 0 and self.model.family == "sam2":
+        if self.min_mask_region_area > 0 and self.model.everything.regions_at_low_res:
             # at logit 0 whatever mask_threshold is: SAM 2's generator leaves its predictor's
             # threshold (which this step uses) at the default
             low_res = fill_holes_and_sprinkles(low_res[:, None], 0.0, self.min_mask_region_area)[:, 0]

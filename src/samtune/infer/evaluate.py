@@ -23,7 +23,7 @@ they do not depend on which other images or modes are evaluated):
 With ``EvalSettings.tile_shape`` (``--tile-shape``/``--halo``) every mode runs by tiles
 (:mod:`samtune.infer.tiling`): large images are evaluated at full resolution.
 
-Metrics are :func:`samtune.train.metrics.mask_metrics` at the original image size (boundary
+Metrics are :func:`samtune.metrics.mask_metrics` at the original image size (boundary
 F1 with R0's exact band, IoU of empty vs empty = 1). Objects without pixels are left out.
 """
 
@@ -56,7 +56,7 @@ from samtune.infer.report import (
 )
 from samtune.infer.rle import coco_results, encode_coco_rles
 from samtune.models.adapter import Adapter
-from samtune.train.metrics import (
+from samtune.metrics import (
     METRIC_NAMES,
     Counts,
     confusion_counts,
@@ -616,7 +616,8 @@ def resolve_models(model: str | Path, base: str | None = None,
     checkpoint, the base its embedded config names; else the identified model's official
     weights when they are in the cache. Otherwise a SamtuneError asks for ``--base``.
     """
-    from samtune.models import list_models, load_model
+    from samtune.models import list_models
+    from samtune.runs import base_model, config_of, load_model
 
     if base_checkpoint is not None and base is None:
         raise SamtuneError("--base-checkpoint goes with --base NAME (the base model's name)")
@@ -625,14 +626,12 @@ def resolve_models(model: str | Path, base: str | None = None,
                            "checkpoint file (compare a file with any base via --base NAME)")
     path = Path(model)
     tuned = load_model(path, device=device)
-    run_config = _run_config(path)
+    run_config = config_of(path)
     if base is not None:
         base_adapter = load_model(base, checkpoint=base_checkpoint, device=device)
         return EvalModels(tuned, base_adapter, str(model), _label(base, base_checkpoint, None),
                           path if path.is_dir() else None, run_config)
     if run_config is not None:
-        from samtune.train.export import base_model
-
         m = run_config.model
         return EvalModels(tuned, base_model(run_config, device), str(model),
                           _label(m.name, m.checkpoint, run_config.seed),
@@ -647,23 +646,6 @@ def resolve_models(model: str | Path, base: str | None = None,
             "--base-checkpoint FILE (the weights fine-tuning started from)")
     return EvalModels(tuned, load_model(spec.name, checkpoint="auto", device=device), str(model),
                       _label(spec.name, "auto", None))
-
-
-def _run_config(path: Path):
-    """The run config behind a run folder or a samtune training checkpoint, else None."""
-    if path.is_dir():
-        from samtune.train.export import run_config_of
-
-        return run_config_of(path)
-    if path.suffix == ".ckpt":
-        from samtune.config.loading import validate
-        from samtune.config.train import RunConfig
-        from samtune.train.export import read_training_checkpoint
-
-        state = read_training_checkpoint(path)
-        if state is not None:
-            return validate(RunConfig, state["hyper_parameters"]["config"], str(path))
-    return None
 
 
 def _label(name: str, checkpoint: str | Path | None, seed: int | None) -> str:

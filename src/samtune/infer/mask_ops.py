@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from samtune.train.metrics import mask_areas
+from samtune.metrics import mask_areas
 
 
 def point_grid(n_per_side: int) -> np.ndarray:

@@ -214,14 +214,14 @@ class Predictor:
                        multimask_output: bool, return_logits: bool,
                        normalize_coords: bool) -> Outputs:
         arrays, batched = self._arrays(point_coords, point_labels, box, mask_input)
+        size = self._original_sizes[index] if self.tiling is None else self.original_size
+        if not normalize_coords:
+            arrays = self._to_pixels(arrays, size)
         if self.tiling is None:
-            size = self._original_sizes[index]
-            prompts = self._prompts(*arrays, size, index, normalize_coords)
+            prompts = self._prompts(*arrays, size, index)
             out = _numpy(self._decode(self.features, self._input_sizes[index], size, prompts,
                                       multimask_output, return_logits))
         else:
-            if not normalize_coords:
-                arrays = self._to_pixels(arrays)
             out = self._decode_tiled(arrays, multimask_output, return_logits)
         return out if batched else tuple(t[0] for t in out)
 
@@ -343,10 +343,12 @@ class Predictor:
             b = np.clip(b, 0, [w, h, w, h])
         return pc, pl, b, m
 
-    def _to_pixels(self, arrays: tuple) -> tuple:
-        """Prompt arrays given as fractions of the image width and height, in its pixels."""
+    @staticmethod
+    def _to_pixels(arrays: tuple, size: tuple[int, int]) -> tuple:
+        """Prompt arrays given as fractions of the width and height of an image of ``size``
+        (SAM 2's ``normalize_coords=False``), in its pixels."""
         pc, pl, b, m = arrays
-        h, w = self.original_size
+        h, w = size
         return (None if pc is None else pc * [w, h], pl,
                 None if b is None else b * [w, h, w, h], m)
 
@@ -393,21 +395,16 @@ class Predictor:
             raise ValueError(f"prompts disagree on the number of objects: {counts}")
         return (pc, pl, b, m), batched
 
-    def _prompts(self, pc, pl, b, m, size: tuple[int, int], index: int = 0,
-                 normalize_coords: bool = True) -> Prompts:
-        """Model-input prompts from the batched arrays, for image ``index`` of ``size``;
-        coordinates in its pixels, or as fractions of it when ``normalize_coords`` is False."""
+    def _prompts(self, pc, pl, b, m, size: tuple[int, int], index: int = 0) -> Prompts:
+        """Model-input prompts from the batched arrays (pixels of an image of ``size``), for
+        image ``index`` of the encoded batch."""
         device = self.model.device
-        pre = self.model.preprocessor
         points = labels = boxes = masks = None
         if pc is not None:
-            points = (self.model.transform_coords(pc, size) if normalize_coords
-                      else pre.transform_normalized_coords(pc, size)).to(device)
+            points = self.model.transform_coords(pc, size).to(device)
             labels = torch.as_tensor(pl, dtype=torch.int, device=device)
         if b is not None:
-            boxes = (self.model.transform_boxes(b, size) if normalize_coords else
-                     pre.transform_normalized_coords(b.reshape(-1, 2, 2), size).reshape(-1, 4))
-            boxes = boxes.to(device)
+            boxes = self.model.transform_boxes(b, size).to(device)
         if m is not None:
             masks = torch.as_tensor(m, dtype=torch.float, device=device)
         n = max((len(t) for t in (points, boxes, masks) if t is not None), default=1)

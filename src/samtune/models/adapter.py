@@ -23,7 +23,21 @@ from torch import nn
 
 from samtune.errors import SamtuneError
 from samtune.models.preprocess import Preprocessor
-from samtune.models.registry import ModelSpec
+from samtune.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class SegmentEverything:
+    """A family's official automatic mask generator defaults, where the families differ.
+
+    ``pred_iou_thresh``: the default predicted-IoU filter (SAM 0.88, SAM 2 0.8).
+    ``regions_at_low_res``: ``min_mask_region_area`` cleans every candidate's low-res logits
+    (SAM 2: holes and sprinkles, as its predictor's ``max_hole_area``) instead of the final
+    masks followed by a second box NMS (SAM).
+    """
+
+    pred_iou_thresh: float = 0.88
+    regions_at_low_res: bool = False
 
 
 @dataclass
@@ -132,6 +146,12 @@ def require_adapter(model: object, who: str) -> None:
     raise NotAModelError(f"{who} takes a samtune model (samtune.load_model), got {what}: {fix}")
 
 
+def count_children(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered children (``blocks.0``, ``blocks.1``...) ``prefix`` has in a state
+    dict's key names: how families describe a file's depth."""
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
 def check_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
     """Refuse anything but HxWx3 uint8, the contract of the official predictors."""
     if not isinstance(image, np.ndarray):
@@ -161,6 +181,55 @@ class Adapter(nn.Module, ABC):
     unreached_prefixes: tuple[str, ...] = ()
     #: the official predictor clamps the low-res logits it returns to this range (SAM 2)
     output_logit_clamp: float | None = None
+
+    # --- the family: what samtune knows about its models, in one place --------------------
+    #: the model names of the family, as the registry lists them
+    specs: tuple[ModelSpec, ...] = ()
+    #: the official automatic mask generator's defaults where families differ
+    everything: SegmentEverything = SegmentEverything()
+
+    @classmethod
+    @abstractmethod
+    def build(cls, spec: ModelSpec) -> nn.Module:
+        """The official module for ``spec`` with random weights (the tiny variants: the
+        official classes at small widths)."""
+
+    @classmethod
+    @abstractmethod
+    def recognises(cls, state_dict: dict[str, torch.Tensor]) -> bool:
+        """Whether a state dict's key names are this family's (for identifying files)."""
+
+    @classmethod
+    @abstractmethod
+    def describe(cls, state_dict: dict[str, torch.Tensor]) -> str:
+        """A short description of the architecture in a state dict this family recognises,
+        for error messages ("a SAM ViT encoder with 32 encoder blocks of width 1280")."""
+
+    @classmethod
+    def official_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> object:
+        """What the family's official ``.pth`` holds around the state dict (SAM 2 wraps it in
+        ``{"model": ...}``; the others save it bare)."""
+        return state_dict
+
+    @classmethod
+    @abstractmethod
+    def official_loader(cls, spec: ModelSpec, path: str) -> str:
+        """The line of official code that loads an exported ``model.pth`` of ``spec``."""
+
+    @classmethod
+    def fused_attention_classes(cls) -> dict[type, type]:
+        """Official attention class -> its SDPA subclass (``samtune.models.fast``); empty
+        when the official code already calls ``scaled_dot_product_attention``."""
+        return {}
+
+    def encoder_blocks(self) -> list[nn.Module]:
+        """The repeated blocks of the image encoder (gradient checkpointing's unit)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its encoder blocks")
+
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        """The submodules ``compile_model`` compiles: the image encoder and the part of the
+        decoder ``decode`` calls as one module."""
+        return {"image_encoder": self.model.image_encoder}
 
     def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
         super().__init__()

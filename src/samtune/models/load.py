@@ -1,4 +1,4 @@
-"""``load_model``: a model name, run folder or checkpoint file -> an :class:`Adapter`.
+"""``load_weights``: a model name or weights file -> an :class:`Adapter`.
 
 Loading is strict: every key of the file must match the architecture of the name, and every
 parameter of the architecture must be in the file. A file of another family or size is refused
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import (
     describe_state_dict,
     fetch_checkpoint,
-    guess_family,
+    families_of,
     read_state_dict,
     tensor_checksum,
 )
@@ -37,53 +38,47 @@ from samtune.models.hf import (
     is_hf_folder,
 )
 from samtune.models.lora import add_lora, is_lora_tensor, merge_lora, official_name
-from samtune.models.litemedsam import LiteMedSamAdapter, build_litemedsam
-from samtune.models.registry import ModelSpec, UnknownModelError, get_spec, list_models
-from samtune.models.sam import MobileSamAdapter, SamAdapter, build_sam
-from samtune.models.sam2 import Sam2Adapter, build_sam2
+from samtune.models.registry import (
+    ModelSpec,
+    UnknownModelError,
+    family_class,
+    get_spec,
+    list_models,
+)
 
-_ADAPTERS: dict[str, type[Adapter]] = {
-    "sam": SamAdapter, "mobile_sam": MobileSamAdapter, "sam2": Sam2Adapter,
-    "litemedsam": LiteMedSamAdapter,
-}
-_BUILDERS = {"sam": build_sam, "mobile_sam": build_sam, "sam2": build_sam2,
-             "litemedsam": build_litemedsam}
 #: Suffixes that make an unknown name read as a file the user meant.
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
 
 
 def build_official(spec: ModelSpec) -> nn.Module:
     """The official module for ``spec`` with random weights, in eval mode."""
-    return _BUILDERS[spec.family](spec).eval()
+    return family_class(spec.family).build(spec).eval()
 
 
 def build_adapter(spec: ModelSpec, module: nn.Module | None = None) -> Adapter:
-    return _ADAPTERS[spec.family](module if module is not None else build_official(spec), spec)
+    return family_class(spec.family)(module if module is not None else build_official(spec), spec)
 
 
-def load_model(
+def load_weights(
     name_or_path: str | Path,
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     delta: str | Path | None = None,
 ) -> Adapter:
-    """Build a model and load its weights.
+    """A model name or weights file -> an :class:`Adapter` with those weights.
 
-    ``name_or_path`` is one of:
-
-    - a model name (``samtune models``). ``checkpoint``: ``None`` keeps the random init (the
-      tiny variants, tests); ``"auto"`` takes the official file from the cache folder,
-      downloading it when missing; a path loads that file (official ``.pth``/``.pt``, SAM 2
-      ``{"model": ...}``, DDP-prefixed, safetensors, or a samtune training checkpoint);
-    - a run folder: its ``export/model.pth`` when present, else ``checkpoints/best.ckpt``,
-      else ``checkpoints/last.ckpt`` (LoRA merged); the name comes from its config;
-    - a checkpoint file: a samtune training checkpoint (``.ckpt``, LoRA merged) or a weights
-      file whose architecture identifies the model (:func:`identify`).
+    ``name_or_path`` is a model name (``samtune models``) or a weights file whose
+    architecture identifies the model (:func:`identify`). With a name, ``checkpoint``:
+    ``None`` keeps the random init (the tiny variants, tests); ``"auto"`` takes the official
+    file from the cache folder, downloading it when missing; a path loads that file (official
+    ``.pth``/``.pt``, SAM 2 ``{"model": ...}``, DDP-prefixed, safetensors).
 
     ``delta``: a ``trained.safetensors`` from ``samtune export``, applied on top of the base
-    (the name or weights file, with ``checkpoint``; ``checkpoint=None`` means the base the
-    delta records). The base must be the one the delta was trained from, else
-    :class:`CheckpointError`.
+    (``checkpoint=None`` means the base the delta records). The base must be the one the
+    delta was trained from, else :class:`CheckpointError`.
+
+    Run folders and training checkpoints (LoRA un-merged, the run config inside) are the run
+    folder's business: :func:`samtune.load_model` reads those and everything this reads.
     """
     device = check_device(device)
     target = str(name_or_path)
@@ -96,21 +91,27 @@ def load_model(
     return adapter.to(device).eval()
 
 
+def seeded(seed: int | None, build: Callable[[], Adapter]) -> Adapter:
+    """``build()`` with its random init drawn under ``torch.manual_seed(seed)`` (``None``:
+    the global random state). The global random state is left as it was, so the same seed
+    always rebuilds the same model."""
+    if seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def load_base_model(
     name: str,
     checkpoint: str | Path | None = None,
     seed: int | None = None,
     device: str | torch.device = "cpu",
 ) -> Adapter:
-    """The model a run starts from: ``load_model(name, checkpoint)`` with its random init
-    (everything, for the tiny variants; nothing once a checkpoint is loaded) drawn under
-    ``torch.manual_seed(seed)``. The global random state is left as it was, so the same
-    ``seed`` always rebuilds the same base, before training or long after it."""
-    if seed is None:
-        return load_model(name, checkpoint, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return load_model(name, checkpoint, device)
+    """``load_weights(name, checkpoint)`` with its random init (everything, for the tiny
+    variants; nothing once a checkpoint is loaded) drawn under ``torch.manual_seed(seed)``:
+    the base a delta records."""
+    return seeded(seed, lambda: load_weights(name, checkpoint, device))
 
 
 def _known_name(target: str) -> ModelSpec | None:
@@ -124,19 +125,13 @@ def _load_named(spec: ModelSpec, checkpoint: str | Path | None) -> Adapter:
     if checkpoint is None:
         return build_adapter(spec)
     path = fetch_checkpoint(spec) if str(checkpoint) == "auto" else Path(checkpoint)
-    if path.suffix == ".ckpt":
-        from samtune.train.export import read_training_checkpoint, restore_adapter
-
-        state = read_training_checkpoint(path)
-        if state is not None:
-            return restore_adapter(state, path, expect=spec.name)
     adapter = build_adapter(spec)
     apply_state_dict(adapter, read_state_dict(path), source=str(path))
     return adapter
 
 
 def _load_path(path: Path, checkpoint, delta) -> Adapter:
-    """A run folder or a checkpoint file given in place of a name."""
+    """A weights file given in place of a name."""
     if not path.exists():
         if len(path.parts) > 1 or path.suffix in _FILE_SUFFIXES:
             raise SamtuneError(f"{path}: no such run folder or checkpoint file")
@@ -145,18 +140,9 @@ def _load_path(path: Path, checkpoint, delta) -> Adapter:
         raise SamtuneError(f"{path} is a run folder or checkpoint file itself; checkpoint= goes "
                            "only with a model name")
     if path.is_dir() and not is_hf_folder(path):
-        if delta is not None:
-            raise SamtuneError(f"{path}: delta= goes with a model name or a base weights file, "
-                               "not a run folder")
-        from samtune.train.export import load_run
-
-        return load_run(path)
-    if path.suffix == ".ckpt" and delta is None:
-        from samtune.train.export import read_training_checkpoint, restore_adapter
-
-        state = read_training_checkpoint(path)
-        if state is not None:
-            return restore_adapter(state, path)
+        raise SamtuneError(f"{path} is a folder: samtune.load_model reads run folders; "
+                           "load_weights takes a model name, a weights file or a transformers "
+                           "folder")
     sd = read_state_dict(path)
     spec = identify(sd)
     if spec is None:
@@ -313,7 +299,8 @@ def identify(sd: dict[str, torch.Tensor]) -> ModelSpec | None:
     """
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     size = sum(v.numel() for v in sd.values())
-    candidates = [s for s in list_models(family=guess_family(sd) or "none") if s.name != "medsam"]
+    candidates = [s for family in families_of(sd) for s in list_models(family=family)
+                  if s.name != "medsam"]
     partial = image_path_only(sd)
     if partial:
         candidates = [s for s in candidates if not s.name.startswith("sam2_hiera")]

@@ -71,15 +71,6 @@ class Preprocessor(ABC):
         b = np.asarray(boxes, dtype=np.float64)
         return self.transform_coords(b.reshape(*b.shape[:-1], 2, 2), original_size).reshape(b.shape)
 
-    def transform_normalized_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
-        """(..., 2) xy as fractions of the original width and height (SAM 2's
-        ``normalize_coords=False``) -> model input pixels, float32."""
-        in_h, in_w = self.input_size(original_size)
-        c = torch.as_tensor(np.array(coords, dtype=np.float64))
-        c[..., 0] *= in_w
-        c[..., 1] *= in_h
-        return c.float()
-
     @abstractmethod
     def finish(self, resized: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) images already resized as this preprocessing resizes (values 0-255, not
@@ -146,10 +137,6 @@ class SquareResize(Preprocessor):
         c[..., 0] = c[..., 0] / w
         c[..., 1] = c[..., 1] / h
         return c * self.size
-
-    def transform_normalized_coords(self, coords, original_size: tuple[int, int]) -> torch.Tensor:
-        """Fractions of the original size times S, in float32, as SAM 2 scales them."""
-        return torch.as_tensor(np.asarray(coords), dtype=torch.float32) * self.size
 
     def finish(self, resized: torch.Tensor) -> torch.Tensor:
         """Scale to [0, 1], then normalize (no padding: SAM 2's input is the resized square)."""

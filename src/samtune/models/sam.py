@@ -16,10 +16,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.adapter import Adapter, Features, Prompts, count_children
 from samtune.models.preprocess import MedSamResize, Preprocessor, ResizeLongestSide
-from samtune.models.registry import ModelSpec
+from samtune.models.spec import ModelSpec
 
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+MOBILE_SAM_URL = "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
+MEDSAM_PAGE = "https://drive.google.com/drive/folders/1ETWmi4AiniJeWOt6HAsYgTjYv_fkgzoN"
+
+
+def _sam(name, encoder, params, filename, sha256, **kw) -> ModelSpec:
+    return ModelSpec(name, "sam", encoder, 1024, params, filename, SAM_URL.format(filename),
+                     sha256, **kw)
+
+
+SAM_SPECS: tuple[ModelSpec, ...] = (
+    _sam("sam_vit_b", "vit_b", 93_735_472, "sam_vit_b_01ec64.pth",
+         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+         description="SAM ViT-B", aliases=("vit_b",)),
+    _sam("sam_vit_l", "vit_l", 312_342_832, "sam_vit_l_0b3195.pth",
+         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+         description="SAM ViT-L", aliases=("vit_l",)),
+    _sam("sam_vit_h", "vit_h", 641_090_608, "sam_vit_h_4b8939.pth",
+         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+         description="SAM ViT-H", aliases=("vit_h",)),
+    ModelSpec("medsam", "sam", "vit_b", 1024, 93_735_472, "medsam_vit_b.pth",
+              download_page=MEDSAM_PAGE, preprocessing="medsam",
+              description="MedSAM (SAM ViT-B fine-tuned on medical images)"),
+    ModelSpec("sam_tiny", "sam", "vit_tiny", 256, 200_166, tiny=True,
+              description="SAM code, tiny widths, 256 input, random init (tests, demo)"),
+)
+
+MOBILE_SAM_SPECS: tuple[ModelSpec, ...] = (
+    ModelSpec("mobile_sam", "mobile_sam", "tiny_vit", 1024, 10_130_092, "mobile_sam.pt",
+              MOBILE_SAM_URL,
+              "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+              description="MobileSAM (TinyViT encoder)", aliases=("vit_t",)),
+    ModelSpec("mobile_sam_tiny", "mobile_sam", "tiny_vit_tiny", 256, 3_618_426, tiny=True,
+              description="MobileSAM code, tiny widths, 256 input, random init (tests, demo)"),
+)
 
 
 def import_mobile_sam() -> None:
@@ -30,23 +65,6 @@ def import_mobile_sam() -> None:
         warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
         import mobile_sam.modeling  # noqa: F401
-
-def build_sam(spec: ModelSpec) -> nn.Module:
-    """Random-init official module for a SAM/MedSAM/MobileSAM spec."""
-    if spec.family == "sam":
-        from segment_anything import sam_model_registry
-
-        if spec.encoder == "vit_tiny":
-            return _build_tiny_sam()
-        return sam_model_registry[spec.encoder]()
-    if spec.family == "mobile_sam":
-        import_mobile_sam()
-        from mobile_sam import sam_model_registry
-
-        if spec.encoder == "tiny_vit_tiny":
-            return _build_tiny_mobile_sam()
-        return sam_model_registry["vit_t"]()
-    raise ValueError(f"{spec.name} is not a SAM or MobileSAM model")
 
 
 def _prompt_and_decoder(modeling, image_size: int, embed_dim: int, patch: int = 16):
@@ -131,12 +149,54 @@ class SamAdapter(Adapter):
     inference does."""
 
     family = "sam"
+    specs = SAM_SPECS
     group_prefixes = {
         "image_encoder": ("image_encoder.",),
         "prompt_encoder": ("prompt_encoder.",),
         "mask_decoder": ("mask_decoder.",),
     }
 
+    # --- the family ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: ModelSpec) -> nn.Module:
+        if spec.encoder == "vit_tiny":
+            return _build_tiny_sam()
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[spec.encoder]()
+
+    @classmethod
+    def recognises(cls, state_dict) -> bool:
+        return "image_encoder.pos_embed" in state_dict
+
+    @classmethod
+    def describe(cls, state_dict) -> str:
+        width = state_dict["image_encoder.pos_embed"].shape[-1]
+        blocks = count_children(state_dict, "image_encoder.blocks.")
+        return f"a SAM ViT encoder with {blocks} encoder blocks of width {width}"
+
+    @classmethod
+    def official_loader(cls, spec: ModelSpec, path: str) -> str:
+        return f'segment_anything.sam_model_registry["{spec.encoder}"](checkpoint="{path}")'
+
+    @classmethod
+    def fused_attention_classes(cls) -> dict[type, type]:
+        from segment_anything.modeling import image_encoder, transformer
+
+        from samtune.models.fast import FusedTwoWayAttention, FusedViTAttention
+
+        return {image_encoder.Attention: FusedViTAttention, transformer.Attention: FusedTwoWayAttention}
+
+    def encoder_blocks(self) -> list[nn.Module]:
+        return list(self.model.image_encoder.blocks)
+
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        """samtune calls the decoder's heads one by one; the two-way transformer is the one
+        module it calls whole."""
+        return {"image_encoder": self.model.image_encoder,
+                "mask_decoder.transformer": self.model.mask_decoder.transformer}
+
+    # --- the five steps -----------------------------------------------------------------
     @property
     def image_size(self) -> int:
         return self.model.image_encoder.img_size
@@ -190,9 +250,48 @@ class SamAdapter(Adapter):
 
 
 class MobileSamAdapter(SamAdapter):
+    """MobileSAM: SAM's layout and steps with a TinyViT encoder (``mobile_sam``'s classes)."""
+
     family = "mobile_sam"
     #: TinyViT's ImageNet classifier (``norm_head``, ``head``): SAM uses only its neck
     unreached_prefixes = ("image_encoder.norm_head.", "image_encoder.head.")
+    specs = MOBILE_SAM_SPECS
+
+    @classmethod
+    def build(cls, spec: ModelSpec) -> nn.Module:
+        if spec.encoder == "tiny_vit_tiny":
+            return _build_tiny_mobile_sam()
+        import_mobile_sam()
+        from mobile_sam import sam_model_registry
+
+        return sam_model_registry["vit_t"]()
+
+    @classmethod
+    def recognises(cls, state_dict) -> bool:
+        return "image_encoder.patch_embed.seq.0.c.weight" in state_dict
+
+    @classmethod
+    def describe(cls, state_dict) -> str:
+        dims = [state_dict[k].shape[0] for k in sorted(state_dict)
+                if k.endswith("downsample.conv3.c.weight")]
+        stages = count_children(state_dict, "image_encoder.layers.")
+        return f"a MobileSAM TinyViT encoder with {stages} stages {dims}"
+
+    @classmethod
+    def official_loader(cls, spec: ModelSpec, path: str) -> str:
+        return f'mobile_sam.sam_model_registry["vit_t"](checkpoint="{path}")'
+
+    @classmethod
+    def fused_attention_classes(cls) -> dict[type, type]:
+        from samtune.models.fast import tiny_vit_fused_classes
+
+        import_mobile_sam()
+        return tiny_vit_fused_classes("mobile_sam.modeling.tiny_vit_sam",
+                                      "mobile_sam.modeling.transformer", "Mobile")
+
+    def encoder_blocks(self) -> list[nn.Module]:
+        """TinyViT's ``layers[*].blocks`` (MBConv and TinyViT blocks)."""
+        return [block for layer in self.model.image_encoder.layers for block in layer.blocks]
 
 
 def _decode_sam_batched(

@@ -12,9 +12,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.adapter import (
+    Adapter,
+    Features,
+    Prompts,
+    SegmentEverything,
+    count_children,
+)
 from samtune.models.preprocess import SquareResize
-from samtune.models.registry import ModelSpec
+from samtune.models.spec import ModelSpec
+
+SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/{}"
+SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/{}"
+
+
+def _sam2(version: str, size: str, long: str, params: int) -> ModelSpec:
+    prefix = "sam2" if version == "2" else "sam2.1"
+    filename = f"{prefix}_hiera_{long}.pt"
+    url = (SAM2_URL if version == "2" else SAM21_URL).format(filename)
+    return ModelSpec(
+        f"{prefix}_hiera_{size}", "sam2", f"hiera_{size}", 1024, params, filename, url,
+        sam2_config=f"configs/{prefix}/{prefix}_hiera_{size}.yaml",
+        description=f"SAM {version} Hiera-{size.upper()}",
+    )
+
+
+SAM2_SPECS: tuple[ModelSpec, ...] = (
+    _sam2("2", "t", "tiny", 38_945_986),
+    _sam2("2", "s", "small", 46_043_842),
+    _sam2("2", "b+", "base_plus", 80_833_666),
+    _sam2("2", "l", "large", 224_430_130),
+    _sam2("2.1", "t", "tiny", 38_962_498),
+    _sam2("2.1", "s", "small", 46_060_354),
+    _sam2("2.1", "b+", "base_plus", 80_850_178),
+    _sam2("2.1", "l", "large", 224_446_642),
+    ModelSpec("sam2_tiny", "sam2", "hiera_tiny", 256, 1_367_554, tiny=True,
+              sam2_config="configs/sam2.1/sam2.1_hiera_t.yaml",
+              description="SAM 2.1 code, tiny widths, 256 input, random init (tests, demo)"),
+)
 
 #: Hydra overrides that turn the SAM 2.1 tiny config into ``sam2_tiny``.
 TINY_OVERRIDES = [
@@ -52,14 +87,6 @@ def hydra_overrides(spec: ModelSpec) -> list[str]:
     return list(TINY_OVERRIDES) if spec.tiny else []
 
 
-def build_sam2(spec: ModelSpec) -> nn.Module:
-    """Random-init SAM 2 module through the official builder (post-processing flags on,
-    as ``build_sam2`` sets them for the image predictor)."""
-    from sam2.build_sam import build_sam2 as official
-
-    return official(spec.sam2_config, None, device="cpu", hydra_overrides_extra=hydra_overrides(spec))
-
-
 class Sam2Adapter(Adapter):
     """SAM 2 / 2.1: square resize (no padding), ImageNet normalization in [0, 1], and three
     feature levels per image.
@@ -70,6 +97,8 @@ class Sam2Adapter(Adapter):
     """
 
     family = "sam2"
+    specs = SAM2_SPECS
+    everything = SegmentEverything(pred_iou_thresh=0.8, regions_at_low_res=True)
     group_prefixes = {
         "image_encoder": (
             "image_encoder.", "no_mem_embed", "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.",
@@ -80,6 +109,43 @@ class Sam2Adapter(Adapter):
     output_logit_clamp = 32.0
     #: the object-score head: the image predictor discards its output, and so does ``decode``
     unreached_prefixes = ("sam_mask_decoder.pred_obj_score_head.",)
+
+    # --- the family ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: ModelSpec) -> nn.Module:
+        """Through the official builder (post-processing flags on, as ``build_sam2`` sets
+        them for the image predictor)."""
+        from sam2.build_sam import build_sam2
+
+        return build_sam2(spec.sam2_config, None, device="cpu",
+                          hydra_overrides_extra=hydra_overrides(spec))
+
+    @classmethod
+    def recognises(cls, state_dict) -> bool:
+        return "image_encoder.trunk.patch_embed.proj.weight" in state_dict
+
+    @classmethod
+    def describe(cls, state_dict) -> str:
+        width = state_dict["image_encoder.trunk.patch_embed.proj.weight"].shape[0]
+        version = "2.1" if "no_obj_embed_spatial" in state_dict else "2"
+        blocks = count_children(state_dict, "image_encoder.trunk.blocks.")
+        return f"a SAM {version} Hiera trunk with {blocks} blocks of width {width}"
+
+    @classmethod
+    def official_checkpoint(cls, state_dict) -> object:
+        return {"model": state_dict}
+
+    @classmethod
+    def official_loader(cls, spec: ModelSpec, path: str) -> str:
+        return f'sam2.build_sam.build_sam2("{spec.sam2_config}", "{path}")'
+
+    def encoder_blocks(self) -> list[nn.Module]:
+        """Hiera's ``trunk.blocks`` (already on SDPA: nothing to fuse)."""
+        return list(self.model.image_encoder.trunk.blocks)
+
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        return {"image_encoder": self.model.image_encoder,
+                "sam_mask_decoder": self.model.sam_mask_decoder}
 
     @property
     def image_size(self) -> int:

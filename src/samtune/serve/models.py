@@ -135,7 +135,7 @@ def _load_slot(slot_id: str, target: str, checkpoint: str | None, device: str, k
 
 def _run_base_slot(run_dir: Path, device: str, keep: int) -> Slot:
     """The base a run started from (same name, checkpoint and random init)."""
-    from samtune.train.export import base_model, run_config_of
+    from samtune.runs import base_model, run_config_of
 
     slot = Slot("base", f"base of {run_dir}", keep=keep)
     try:

@@ -37,7 +37,7 @@ def build_state(models: Sequence[str], base: str | None = None, checkpoint: str 
     extra = {}
     run = next((s.run_dir for s in slots if s.run_dir is not None), None)
     if dataset is None and run is not None:
-        from samtune.train.export import run_config_of
+        from samtune.runs import run_config_of
 
         try:
             dataset, described, _ = resolve_data(None, split, run_config_of(run))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from samtune.errors import CheckpointError
 from samtune.models.adapter import Adapter
-from samtune.train.export import read_training_checkpoint, resolve_checkpoint, restore_adapter, run_config_of
+from samtune.runs import read_training_checkpoint, resolve_checkpoint, restore_adapter, run_config_of
 
 FORMATS = ("official", "hf", "onnx")
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samtune.train.metrics import confusion_counts
+from samtune.metrics import confusion_counts
 
 MASK_TERMS = ("focal", "dice", "bce", "iou")
 TERMS = MASK_TERMS + ("iou_head",)

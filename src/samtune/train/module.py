@@ -29,11 +29,11 @@ from samtune.data.prompts import PreviousLogitsStore
 from samtune.errors import NonFiniteError, SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
-from samtune.models.load import load_base_model
 from samtune.models.lora import add_lora, component
+from samtune.runs import load_base_model
 from samtune.train.cache import EmbeddingCache
 from samtune.train.losses import SegmentationLoss
-from samtune.train.metrics import MaskMetrics
+from samtune.metrics import MaskMetrics
 from samtune.train.prompt_reach import kinds_drawn, prompt_reach
 from samtune.train.schedules import build_scheduler
 
@@ -51,7 +51,7 @@ class FineTuneModule(L.LightningModule):
         super().__init__()
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
-        # Random parts drawn under the run's seed: ``train.export.base_model`` rebuilds them.
+        # Random parts drawn under the run's seed: ``samtune.runs.base_model`` rebuilds them.
         self.adapter = adapter if adapter is not None else load_base_model(
             config.model.name, config.model.checkpoint, seed=config.seed)
         self._configure_trainable()

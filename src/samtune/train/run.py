@@ -33,7 +33,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm.auto import tqdm
 
-from samtune.config.loading import read_yaml, to_yaml, validate
+from samtune.config.loading import read_yaml, to_yaml
 from samtune.config.train import RunConfig
 from samtune.data.batch import Collator, image_key
 from samtune.data.datamodule import SamDataModule
@@ -44,12 +44,8 @@ from samtune.files import atomic_path, check_writable, remove_leftovers, write_t
 from samtune.models.checkpoints import samtune_home
 from samtune.notices import notify
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
-from samtune.train.checkpoint_files import (
-    AtomicCheckpointIO,
-    load_checkpoint_file,
-    resume_candidates,
-    write_checksums,
-)
+from samtune.runs import load_checkpoint_file, resume_candidates, write_checksums
+from samtune.train.checkpoint_files import AtomicCheckpointIO
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
 from samtune.train.preflight import preflight
@@ -71,11 +67,6 @@ class TrainResult:
     """The best checkpoint's validation metrics (``final_metrics`` are the last weights')."""
     best_step: int | None = None
     """The best checkpoint's step; 0 when no validation beat the base model."""
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    return validate(RunConfig, read_yaml(path), str(path))
 
 
 def train(config: RunConfig, resume: bool = False) -> TrainResult:

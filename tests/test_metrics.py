@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from samtune.train.metrics import (
+from samtune.metrics import (
     METRIC_NAMES,
     MaskMetrics,
     boundary_band,
@@ -180,7 +180,7 @@ def test_update_refuses_candidate_dimension():
 def test_metrics_run_a_chunk_of_objects_at_a_time(monkeypatch):
     """400 objects: the same values as one pass, with no pass over more than the chunk's
     pixels (one pass over every object took 80 GB at 2048x1536)."""
-    from samtune.train import metrics
+    from samtune import metrics
 
     g = torch.Generator().manual_seed(0)
     pred = torch.rand(400, 32, 48, generator=g) > 0.6
