@@ -17,7 +17,7 @@ import torch
 
 from samtune.config import build_run_config
 from samtune.files import atomic_path
-from samtune.train import checkpoint_files, module
+from samtune.train import callbacks, module
 from samtune.train.run import train
 
 
@@ -28,7 +28,7 @@ def die() -> None:
 
 def main(config: str, moment: str, step: int) -> None:
     if moment == "write":
-        original = checkpoint_files.AtomicCheckpointIO.save_checkpoint
+        original = callbacks.RunCheckpointIO.save_checkpoint
 
         def save(self, checkpoint, path, storage_options=None):
             if Path(path).name == "last.ckpt" and checkpoint["global_step"] == step:
@@ -39,7 +39,7 @@ def main(config: str, moment: str, step: int) -> None:
                     die()
             original(self, checkpoint, path, storage_options)
 
-        checkpoint_files.AtomicCheckpointIO.save_checkpoint = save
+        callbacks.RunCheckpointIO.save_checkpoint = save
     else:
         name = "validation_step" if moment == "validation" else "training_step"
         original = getattr(module.FineTuneModule, name)

@@ -48,12 +48,15 @@ def test_an_existing_run_is_not_overwritten(make_config):
         train(config)
 
 
-def test_resume_matches_an_uninterrupted_run(make_config):
+@pytest.mark.parametrize("mix", ["{box: 0.5, points: 0.5}", "{box: 0.5, box+logits: 0.5}"])
+def test_resume_matches_an_uninterrupted_run(make_config, mix):
     """Kill a run after step 4 of 6 (mid-epoch: 3 batches per epoch), resume it, and end with
-    the weights of the uninterrupted run: optimizer, schedule, step and data order restored."""
+    the weights of the uninterrupted run: optimizer, schedule, step and data order restored;
+    with ``logits`` prompts, the previous logits of epoch 1 too (they travel in the
+    checkpoint)."""
     common = ["train.max_steps=6", "train.val_every_n_steps=null", "train.val_every_n_epochs=1",
               "train.validate_before_training=false", "train.checkpoint.every_n_steps=1",
-              "model.freeze=[image_encoder]", "prompts.mix={box: 0.5, points: 0.5}"]
+              "model.freeze=[image_encoder]", f"prompts.mix={mix}"]
     full = make_config(*common, name="full")
     train(full)
     part = make_config(*common, name="part")
@@ -63,6 +66,10 @@ def test_resume_matches_an_uninterrupted_run(make_config):
         if later.name.startswith(("periodic-step=5", "periodic-step=6", "last")):
             later.unlink()
     shutil.copy(ckpts / "periodic-step=4.ckpt", ckpts / "last.ckpt")  # killed after step 4
+    if "logits" in mix:
+        saved = torch.load(ckpts / "last.ckpt", weights_only=True)["callbacks"]
+        stores = [v for k, v in saved.items() if k.startswith("PreviousLogits")]
+        assert stores and len(stores[0]["ids"]) > 0 and len(stores[0]["keys"]) == len(stores[0]["ids"])
     train(part, resume=True)
     a = torch.load(full.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(part.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -106,10 +113,10 @@ def test_cached_run_encodes_each_image_once(make_config):
     """Frozen encoder, no augmentation: the images are encoded before training and never again."""
     config = make_config("train.max_steps=6", "train.val_every_n_steps=3")
     from samtune.models.sam import SamAdapter
-    from samtune.train import run as run_module
+    from samtune.train import cache as cache_module
 
     calls, encodes = [], []
-    original, original_encode = run_module._encode_into_cache, SamAdapter.encode
+    original, original_encode = cache_module._encode_into_cache, SamAdapter.encode
 
     def counting(adapter, cache, pending):
         calls.append(len(pending))
@@ -119,27 +126,27 @@ def test_cached_run_encodes_each_image_once(make_config):
         encodes.append(len(images))
         return original_encode(self, images)
 
-    run_module._encode_into_cache, SamAdapter.encode = counting, encode
+    cache_module._encode_into_cache, SamAdapter.encode = counting, encode
     try:
         result = train(config)
     finally:
-        run_module._encode_into_cache, SamAdapter.encode = original, original_encode
+        cache_module._encode_into_cache, SamAdapter.encode = original, original_encode
     assert sum(calls) == 8  # 6 train + 2 val images, once each
     assert encodes == calls  # the training and validation steps never ran the encoder
     assert result.final_metrics
     calls.clear()
-    run_module._encode_into_cache = counting
+    cache_module._encode_into_cache = counting
     try:  # a later run with the same model and data reads everything from the cache
         train(make_config("train.max_steps=2", name="again"))
     finally:
-        run_module._encode_into_cache = original
+        cache_module._encode_into_cache = original
     assert calls == []
 
 
 def test_cache_is_kept_in_memory_when_it_fits(tmp_path):
     from samtune.models.adapter import Features
     from samtune.train.cache import EmbeddingCache
-    from samtune.train.run import keep_cache_in_memory
+    from samtune.train.cache import keep_cache_in_memory
 
     cache = EmbeddingCache(tmp_path, "m", "p", dtype=torch.bfloat16)
     keep_cache_in_memory(cache, 3, torch.device("cpu"))

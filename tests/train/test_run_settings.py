@@ -3,6 +3,7 @@ early stopping says why, the progress bar counts the run's steps."""
 
 import csv
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -91,14 +92,18 @@ def test_periodic_last_ckpt_is_written_once_per_optimizer_step_under_accumulatio
     last batch steps alone): last.ckpt after steps 2 and 4, then at the end; never after a
     batch that only accumulated (at step 0, or at step 2 again in the next epoch), which would
     hold the step with that batch counted as done but its gradient lost."""
+    from samtune.train.callbacks import RunCheckpointIO
+
     saved = []
-    original = run_module.save_last
+    original = RunCheckpointIO.save_checkpoint
 
-    def recording(trainer, last):
-        saved.append((trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.processed))
-        original(trainer, last)
+    def recording(self, checkpoint, path, storage_options=None):
+        if Path(path).name == "last.ckpt":
+            progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
+            saved.append((checkpoint["global_step"], progress["processed"]))
+        original(self, checkpoint, path, storage_options)
 
-    monkeypatch.setattr(run_module, "save_last", recording)
+    monkeypatch.setattr(RunCheckpointIO, "save_checkpoint", recording)
     config = make_config("train.max_steps=4", "train.accumulate_grad_batches=2",
                          "train.checkpoint.every_n_steps=2", "train.val_every_n_steps=100",
                          "train.validate_before_training=false")

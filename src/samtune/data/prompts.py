@@ -292,6 +292,22 @@ class PreviousLogitsStore:
             return None
         return entry[1].astype(np.float32)
 
+    def state_dict(self) -> dict:
+        """Every entry as tensors and strings (what a checkpoint holds and
+        ``torch.load(weights_only=True)`` reads back)."""
+        items = sorted(self._entries.items())
+        ids = torch.tensor([list(k) for k, _ in items], dtype=torch.long).reshape(-1, 2)
+        logits = (torch.from_numpy(np.stack([v for _, (_, v) in items])) if items
+                  else torch.zeros(0, 0, 0, dtype=torch.float16))
+        return {"ids": ids, "keys": [key for _, (key, _) in items], "logits": logits}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The entries of :meth:`state_dict`, replacing the current ones."""
+        self._entries = {
+            (int(i), int(o)): (str(key), state["logits"][row].numpy().astype(np.float16))
+            for row, ((i, o), key) in enumerate(zip(state["ids"].tolist(), state["keys"]))
+        }
+
     def update(self, batch: Batch, objects: torch.Tensor, logits: torch.Tensor) -> None:
         """Store (k, 1, h, w) or (k, h, w) ``logits`` predicted for ``batch`` objects
         ``objects`` (k,), e.g. one prompt group's decoder output (the chosen mask)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -36,7 +37,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from samtune.data.batch import image_key
 from samtune.errors import SamtuneWarning
 from samtune.files import atomic_path
 from samtune.models.adapter import Adapter, Features
@@ -241,3 +244,69 @@ class EmbeddingCache:
         self._memory.move_to_end(image_id)
         while len(self._memory) > self.memory_items:
             self._memory.popitem(last=False)
+
+
+# --- filling ---------------------------------------------------------------------------
+def fill_cache(adapter: Adapter, cache: EmbeddingCache, data, batch_size: int,
+               device: str | torch.device = "cpu") -> None:
+    """Encode every image of ``data`` not yet in the cache, in batches on ``device``, with a
+    progress bar: the only encoder passes of a cached run (later epochs and later runs read
+    the cache)."""
+    home = adapter.device
+    adapter.to(device)
+    try:
+        _fill(cache, adapter, data, batch_size)
+    finally:
+        adapter.to(home)  # Lightning moves the module itself when training starts
+
+
+def _fill(cache: EmbeddingCache, adapter, data, batch_size: int) -> None:
+    sources = getattr(data, "sources", [data])  # a MixedSource: every image it may draw
+    samples = (sample for source in sources for sample in source)
+    total = sum(len(source) for source in sources)
+    pending: list[tuple[str, object]] = []
+    seen: set[str] = set()
+    with tqdm(total=total, desc="caching image embeddings", unit="img") as bar:
+        for sample in samples:
+            key = image_key(sample.image)
+            if key not in seen and cache.get(key) is None:
+                pending.append((key, sample.image))
+            seen.add(key)
+            if len(pending) == batch_size:
+                _encode_into_cache(adapter, cache, pending)
+                pending = []
+            bar.update(1)
+        if pending:
+            _encode_into_cache(adapter, cache, pending)
+
+
+def _encode_into_cache(adapter, cache: EmbeddingCache, pending: list) -> None:
+    with torch.no_grad():
+        features = adapter.encode(adapter.preprocess([image for _, image in pending]).images)
+    cache.put_many([key for key, _ in pending], features)
+
+
+def keep_cache_in_memory(cache: EmbeddingCache, images: int, device: torch.device) -> None:
+    """Hold all ``images`` entries in memory when they fit (see ``train.cache_in_memory``)."""
+    per_image = _entry_bytes(cache)
+    if per_image is None:
+        return
+    need = per_image * images
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need < free / 3:
+            cache.memory_items, cache.memory_device = images, device
+            return
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need < ram / 4:
+        cache.memory_items, cache.memory_device = images, torch.device("cpu")
+
+
+def _entry_bytes(cache: EmbeddingCache) -> int | None:
+    """Bytes one cached image takes in memory, from the shapes in any entry on disk."""
+    entry = next(cache.folder.glob("*/*.safetensors"), None)
+    if entry is None:
+        return None
+    with safe_open(str(entry), framework="pt") as f:
+        elements = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    return elements * cache.dtype.itemsize

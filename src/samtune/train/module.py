@@ -25,13 +25,13 @@ from torch import nn
 
 from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
-from samtune.data.prompts import PreviousLogitsStore
 from samtune.errors import NonFiniteError, SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
 from samtune.models.lora import add_lora, component
 from samtune.runs import load_base_model
 from samtune.train.cache import EmbeddingCache
+from samtune.train.callbacks import TRAINED_KEY
 from samtune.train.losses import SegmentationLoss
 from samtune.metrics import MaskMetrics
 from samtune.train.prompt_reach import kinds_drawn, prompt_reach
@@ -66,7 +66,6 @@ class FineTuneModule(L.LightningModule):
         )
         self.val_metrics = MaskMetrics()
         self.cache: EmbeddingCache | None = None
-        self.store: PreviousLogitsStore | None = None
         self.encoder_calls = 0
         self.skipped_batches = 0
         self._drop_update = False
@@ -259,7 +258,9 @@ class FineTuneModule(L.LightningModule):
 
         return shrink(batch.targets), shrink(valid)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """The loss, and each object's chosen low-res logits (``low_res``, detached) for the
+        callbacks that keep them (``train.callbacks.PreviousLogits``)."""
         # every training item has an object: one without trains as a negative (datamodule)
         total, parts, (logits, iou, low), _ = self._step(batch, "train")
         finite = bool(torch.isfinite(total.detach()).all())
@@ -271,17 +272,18 @@ class FineTuneModule(L.LightningModule):
             # Lightning refuses a skipped step under DDP: every process runs its backward
             # (the gradient all-reduce needs them all) and the update is dropped instead
             self._drop_update = True
-            return total
+            return {"loss": total}
         size = len(batch)
         # averaged over the processes under DDP: the loss of the whole step's batch
         self.log("train/loss", total, prog_bar=True, batch_size=size, sync_dist=True)
         for k, v in parts.items():
             self.log(f"train/loss_{k}", v, batch_size=size)
-        if self.store is not None:
-            best = iou.argmax(dim=1)
-            chosen = low[torch.arange(len(best)), best]
-            self.store.update(batch, torch.arange(batch.num_objects), chosen.detach().float().cpu())
-        return total
+        best = iou.argmax(dim=1)
+        return {"loss": total, "low_res": low[torch.arange(len(best)), best].detach()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """List the trained tensors, for the sidecar ``RunCheckpointIO`` writes."""
+        checkpoint[TRAINED_KEY] = sorted(self.trainable_state())
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch.num_objects == 0:

@@ -5,14 +5,14 @@ What ``samtune train CONFIG`` does, as a function. The run folder::
     runs/<name>/
       config.yaml        resolved config, every default written out
       checkpoints/       step=N-val_iou=X.ckpt (best), last.ckpt, periodic; each with a
-                         .safetensors of only the trained tensors beside it; best.ckpt links
-                         to the best one
+                         .safetensors of only the trained tensors and a .sha256 of both
+                         beside it (:class:`~samtune.train.callbacks.RunCheckpointIO`);
+                         best.ckpt links to the best one
       logs/              TensorBoard events and metrics.csv
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +22,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
-    Checkpoint,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
@@ -30,22 +29,26 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.trainer.states import TrainerFn
-from tqdm.auto import tqdm
 
 from samtune.config.loading import read_yaml, to_yaml
 from samtune.config.train import RunConfig
-from samtune.data.batch import Collator, image_key
+from samtune.data.batch import Collator
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
 from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
 from samtune.errors import SamtuneError, SamtuneWarning
-from samtune.files import atomic_path, check_writable, remove_leftovers, write_text
+from samtune.files import check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
 from samtune.notices import notify
+from samtune.runs import load_checkpoint_file, resume_candidates
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
-from samtune.runs import load_checkpoint_file, resume_candidates, write_checksums
-from samtune.train.checkpoint_files import AtomicCheckpointIO
+from samtune.train.callbacks import (
+    EmbeddingCacheFiller,
+    LastCheckpoint,
+    PreviousLogits,
+    RunCheckpoint,
+    RunCheckpointIO,
+)
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
 from samtune.train.preflight import preflight
@@ -96,21 +99,17 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         csv_file.unlink(missing_ok=True)
     else:
         keep_rows_before(csv_file, checkpoint_step(start))
+    t = config.train
     store = PreviousLogitsStore() if _uses_logits(config) else None
-    module.store = store
+    extra: list[Callback] = [] if store is None else [PreviousLogits(store)]
     if _cache_enabled(config, module):
         check_writable(samtune_home() / "embeddings", "embedding cache folder ($SAMTUNE_HOME); "
                        "set SAMTUNE_HOME to a writable folder or train.cache_embeddings=off, and")
-        module.cache = EmbeddingCache(samtune_home() / "embeddings", model_key(module.adapter),
-                                      preprocess_key(module.adapter),
-                                      dtype=getattr(torch, config.train.cache_dtype))
-    t = config.train
-    if module.cache is not None:
-        device = training_device(config)
-        for data in (train_data, val_data):
-            fill_cache(module, data, t.batch_size, device)
-        if t.cache_in_memory == "auto":
-            keep_cache_in_memory(module.cache, len(train_data) + len(val_data), device)
+        cache = EmbeddingCache(samtune_home() / "embeddings", model_key(module.adapter),
+                               preprocess_key(module.adapter),
+                               dtype=getattr(torch, config.train.cache_dtype))
+        extra.append(EmbeddingCacheFiller(cache, [train_data, val_data], t.batch_size,
+                                          in_memory=t.cache_in_memory == "auto"))
     datamodule = SamDataModule(
         train_data, Collator.for_model(module.adapter), val=val_data if has_val else None,
         prompts=config.prompts, val_prompts=config.val_prompts, augment=config.augment,
@@ -121,8 +120,8 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         done = batches_done_in_epoch(start)
         if done < len(datamodule.train_dataloader()):  # else Lightning starts the next epoch
             datamodule.train_sampler.skip(done * t.batch_size)
-    trainer = build_trainer(config, has_val=has_val,
-                            varying=module.step_varying_parameters)
+    trainer = build_trainer(config, has_val=has_val, varying=module.step_varying_parameters,
+                            extra=extra)
     base: dict[str, float] = {}
     with _quiet_lightning():
         if t.validate_before_training and has_val and start is None:
@@ -135,7 +134,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
         stopped = stop_reason(trainer)
         base = base or _read_base(run_dir)  # a resume validated the base in its first attempt
-        save_last(trainer, last)
+        trainer.save_checkpoint(last)  # at the step training ended on, whatever the intervals
         final: dict[str, float] = {}
         best_metrics: dict[str, float] = {}
         best_path, best_step = _best_path(trainer), None
@@ -222,14 +221,16 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int(load_checkpoint_file(checkpoint).get("global_step", 0))
 
 
-def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = ()) -> L.Trainer:
+def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = (),
+                  extra: list[Callback] | None = None) -> L.Trainer:
+    """The Trainer of a run: checkpoints through :class:`RunCheckpointIO`, logs, early
+    stopping, ``last.ckpt`` at every validation and periodic save, the DDP strategy the
+    run's prompts need, and the ``extra`` callbacks (cache filling, previous logits)."""
     t = config.train
     run_dir = config.run_dir
     ckpt_dir = run_dir / "checkpoints"
     metric = t.checkpoint.monitor
-    callbacks: list[Callback] = [
-        LearningRateMonitor(logging_interval="step"),
-    ]
+    callbacks: list[Callback] = [LearningRateMonitor(logging_interval="step"), *(extra or [])]
     if has_val:
         callbacks.append(RunCheckpoint(
             dirpath=ckpt_dir, filename=f"step={{step}}-{metric.replace('/', '_')}={{{metric}:.4f}}",
@@ -237,7 +238,7 @@ def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = (
             save_top_k=t.checkpoint.save_top_k,
         ))
     if t.checkpoint.every_n_steps:
-        callbacks.append(RunCheckpoint(
+        callbacks.append(ModelCheckpoint(
             dirpath=ckpt_dir, filename="periodic-step={step}", auto_insert_metric_name=False,
             every_n_train_steps=t.checkpoint.every_n_steps, save_top_k=-1,
         ))
@@ -271,7 +272,7 @@ def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = (
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[RunCheckpointIO()],
         use_distributed_sampler=False,
         # metric states made in the first validate() must stay writable in later ones
         inference_mode=False,
@@ -320,82 +321,6 @@ def resolve_strategy(strategy: str, varying: tuple[str, ...]) -> str | DDPStrate
     return DDPStrategy(find_unused_parameters=True)
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint that also writes ``<name>.safetensors`` beside each file,
-    holding only the trained tensors (official names, LoRA tensors included), then the
-    ``<name>.sha256`` sidecar of both; its checkpoint IO removes all three together."""
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        save_trained_tensors(trainer, Path(filepath))
-        if trainer.is_global_zero:
-            write_checksums(Path(filepath))
-
-    def start_from_base(self, trainer: L.Trainer, base: dict[str, float]) -> None:
-        """Count the base model's validation as the first candidate for best: it is saved as
-        ``step=0-...ckpt`` and stays best until a validation beats it, so a run that only got
-        worse keeps ``best.ckpt`` on the base weights."""
-        if not self.monitor or self.monitor not in base or self.save_top_k == 0:
-            return
-        score = torch.tensor(base[self.monitor])
-        metrics = {**{k: torch.tensor(v) for k, v in base.items()}, "step": torch.tensor(0)}
-        path = self.format_checkpoint_name(metrics)
-        self._save_checkpoint(trainer, path)
-        self.current_score = score
-        self.best_k_models = {path: score}
-        self.kth_best_model_path = self.best_model_path = path
-        self.kth_value = self.best_model_score = score
-
-
-class LastCheckpoint(Checkpoint):
-    """``last.ckpt`` after every validation of the fit and every ``every_n_steps`` steps, so a
-    resume never goes back further than the latest checkpoint of any kind.
-
-    A :class:`Checkpoint`, so Lightning runs it after the other callbacks (checkpoint
-    callbacks last, in their order): the file holds their state after this step's save.
-    """
-
-    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
-        self.path = path
-        self.every_n_steps = every_n_steps
-        self._step_seen: int | None = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._step_seen = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        # only after a batch that ended an optimizer step: under gradient accumulation the
-        # others share the step, and a checkpoint after one would count that batch done but
-        # hold none of its gradient
-        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
-        if stepped and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            save_last(trainer, self.path)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            save_last(trainer, self.path)
-
-
-def save_trained_tensors(trainer: L.Trainer, checkpoint: Path) -> None:
-    """``<checkpoint>.safetensors``: only the trained tensors, official names."""
-    if not trainer.is_global_zero:
-        return
-    from safetensors.torch import save_file
-
-    module = trainer.lightning_module
-    tensors = {k: v.cpu().contiguous() for k, v in module.trainable_state().items()}
-    with atomic_path(checkpoint.with_suffix(".safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"model": module.config.model.name})
-
-
-def save_last(trainer: L.Trainer, last: Path) -> None:
-    """``last.ckpt``, its trained tensors and their sidecar, at the current step."""
-    trainer.save_checkpoint(last)
-    save_trained_tensors(trainer, last)
-    if trainer.is_global_zero:
-        write_checksums(last)
-
-
 def batches_done_in_epoch(checkpoint: Path) -> int:
     """How many batches of its epoch a checkpoint had trained on.
 
@@ -406,82 +331,6 @@ def batches_done_in_epoch(checkpoint: Path) -> int:
     state = load_checkpoint_file(checkpoint)
     progress = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
     return int(progress["processed"])
-
-
-def training_device(config: RunConfig) -> torch.device:
-    """The device this process will train on: its GPU when Lightning will use one."""
-    accelerator = config.train.accelerator
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def fill_cache(module: FineTuneModule, data, batch_size: int,
-               device: str | torch.device = "cpu") -> None:
-    """Encode every image of ``data`` not yet in the cache, in batches on ``device``, with a
-    progress bar: the only encoder passes of a cached run (later epochs and later runs read
-    the cache)."""
-    cache, adapter = module.cache, module.adapter
-    home = adapter.device
-    adapter.to(device)
-    try:
-        _fill(cache, adapter, data, batch_size)
-    finally:
-        adapter.to(home)  # Lightning moves the module itself when training starts
-
-
-def _fill(cache: EmbeddingCache, adapter, data, batch_size: int) -> None:
-    sources = getattr(data, "sources", [data])  # a MixedSource: every image it may draw
-    samples = (sample for source in sources for sample in source)
-    total = sum(len(source) for source in sources)
-    pending: list[tuple[str, object]] = []
-    seen: set[str] = set()
-    with tqdm(total=total, desc="caching image embeddings", unit="img") as bar:
-        for sample in samples:
-            key = image_key(sample.image)
-            if key not in seen and cache.get(key) is None:
-                pending.append((key, sample.image))
-            seen.add(key)
-            if len(pending) == batch_size:
-                _encode_into_cache(adapter, cache, pending)
-                pending = []
-            bar.update(1)
-        if pending:
-            _encode_into_cache(adapter, cache, pending)
-
-
-def _encode_into_cache(adapter, cache: EmbeddingCache, pending: list) -> None:
-    with torch.no_grad():
-        features = adapter.encode(adapter.preprocess([image for _, image in pending]).images)
-    cache.put_many([key for key, _ in pending], features)
-
-
-def keep_cache_in_memory(cache: EmbeddingCache, images: int, device: torch.device) -> None:
-    """Hold all ``images`` entries in memory when they fit (see ``train.cache_in_memory``)."""
-    per_image = _entry_bytes(cache)
-    if per_image is None:
-        return
-    need = per_image * images
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if need < free / 3:
-            cache.memory_items, cache.memory_device = images, device
-            return
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need < ram / 4:
-        cache.memory_items, cache.memory_device = images, torch.device("cpu")
-
-
-def _entry_bytes(cache: EmbeddingCache) -> int | None:
-    """Bytes one cached image takes in memory, from the shapes in any entry on disk."""
-    from safetensors import safe_open
-
-    entry = next(cache.folder.glob("*/*.safetensors"), None)
-    if entry is None:
-        return None
-    with safe_open(str(entry), framework="pt") as f:
-        elements = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-    return elements * cache.dtype.itemsize
 
 
 def _uses_logits(config: RunConfig) -> bool:
