@@ -48,7 +48,7 @@ def one_error_line(result, message):
 
 def test_eval_run_writes_the_report(tmp_path, dataset):
     run = make_run(tmp_path, dataset)
-    result = runner.invoke(app, ["eval", "--model", str(run), "--modes", "box,none",
+    result = runner.invoke(app, ["eval", str(run), "--modes", "box,none",
                                  "--max-images", "2"])
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and "report.md" in result.output
@@ -63,7 +63,7 @@ def test_eval_run_writes_the_report(tmp_path, dataset):
 def test_checkpoint_file_with_explicit_base_and_data(tmp_path, dataset):
     run = make_run(tmp_path, dataset)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "--model", str(run / "export" / "model.pth"),
+    result = runner.invoke(app, ["eval", str(run / "export" / "model.pth"),
                                  "--data", str(dataset), "--base", "sam_tiny", "--modes", "box",
                                  "--max-images", "1", "--output", str(out)])
     assert result.exit_code == 0, result.output
@@ -81,6 +81,7 @@ def test_checkpoint_file_with_explicit_base_and_data(tmp_path, dataset):
     ("file_without_data", "--data DATASET is needed"),
     ("bad_mode", "unknown prompt mode(s) boxes"),
     ("model_name", "sam_tiny is a model name"),
+    ("no_run", "samtune eval RUN"),
 ])
 def test_errors_are_one_line(tmp_path, dataset, case, message):
     run = make_run(tmp_path, dataset, with_weights=case != "no_checkpoints")
@@ -89,12 +90,13 @@ def test_errors_are_one_line(tmp_path, dataset, case, message):
     args = {
         "missing_data": ["--model", str(run), "--data", str(tmp_path / "nowhere")],
         "unknown_model": ["--model", str(tmp_path / "runs" / "nope")],
-        "no_checkpoints": ["--model", str(run)],
+        "no_checkpoints": [str(run)],
         "file_without_output": ["--model", weights, "--data", str(dataset)],
         "file_without_base": ["--model", weights, "--data", str(dataset), *out],
         "file_without_data": ["--model", weights, "--base", "sam_tiny", *out],
-        "bad_mode": ["--model", str(run), "--modes", "box,boxes"],
-        "model_name": ["--model", "sam_tiny", "--data", str(dataset), *out],
+        "bad_mode": [str(run), "--modes", "box,boxes"],
+        "model_name": ["sam_tiny", "--data", str(dataset), *out],
+        "no_run": ["--data", str(dataset)],
     }[case]
     one_error_line(runner.invoke(app, ["eval", *args]), message)
     assert not (run / "eval").exists() and not (tmp_path / "out").exists()

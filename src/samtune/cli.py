@@ -11,13 +11,14 @@ import sys
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from samtune.config.data import Format
 from samtune.errors import SamtuneError, SamtuneWarning
 
 app = typer.Typer(
@@ -103,6 +104,18 @@ class ObjectsChoice(str, Enum):
     label_map = "label_map"
 
 
+class Split(str, Enum):
+    """A dataset split, as `samtune data check` names them."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+#: the dataset layouts of `data check --format`: the config's own vocabulary
+DataFormat = Enum("DataFormat", {name: name for name in get_args(Format)}, type=str)
+
 Precision = Annotated[PrecisionChoice, typer.Option(
     help="fp32, or bf16 autocast (faster on GPUs and bf16 CPUs; masks IoU >= 0.99 of fp32).")]
 
@@ -110,13 +123,15 @@ Precision = Annotated[PrecisionChoice, typer.Option(
 @app.command("models")
 @user_errors
 def models_command(
-    family: Annotated[Optional[str], typer.Option(help="Only this family: sam, mobile_sam or sam2.")] = None,
+    family: Annotated[Optional[str], typer.Option(help="Only this family (sam, mobile_sam, sam2, ...).")] = None,
     tiny: Annotated[bool, typer.Option(help="Include the random-init tiny variants.")] = True,
 ) -> None:
     """List the model names samtune knows, and which official checkpoints are in the cache."""
     from samtune.models.checkpoints import published_status, samtune_home
-    from samtune.models.registry import list_models
+    from samtune.models.registry import FAMILIES, list_models
 
+    if family is not None and family not in FAMILIES:
+        raise SamtuneError(f"unknown family {family!r}; the families: {', '.join(FAMILIES)}")
     table = Table(title=f"samtune models (cache: {samtune_home()})")
     for column in ("name", "family", "encoder", "input", "params", "checkpoint file", "sha256", "present"):
         table.add_column(column, justify="right" if column in ("input", "params") else "left")
@@ -254,13 +269,14 @@ def _print_result(result) -> None:
 @user_errors
 def data_check_command(
     path: Annotated[Path, typer.Argument(help="Dataset folder, COCO json, or a run config (YAML).")],
-    format: Annotated[Optional[str], typer.Option(help="auto, folder, coco or labpics.")] = None,
+    format: Annotated[Optional[DataFormat], typer.Option(help="Dataset layout (default: auto).")] = None,
 ) -> None:
     """Validate a dataset and summarize it; exit 0 when it can be trained on, 1 when not.
 
     Never modifies the files."""
     from samtune.data.validate import check
 
+    format = format.value if format is not None else None
     if path.suffix in (".yaml", ".yml"):
         from samtune.config import build_run_config
 
@@ -321,12 +337,15 @@ def export_command(
 @app.command("eval")
 @user_errors
 def eval_command(
-    model: Annotated[str, typer.Option(help="Fine-tuned run folder (runs/<name>) or checkpoint file.")],
+    run: Annotated[Optional[str], typer.Argument(
+        metavar="RUN", help="Fine-tuned run folder (runs/<name>) or checkpoint file.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", hidden=True, help="The same as RUN (the earlier spelling).")] = None,
     data: Annotated[Optional[Path], typer.Option(
         help="Dataset: folder, COCO or LabPics (as `samtune data check` reads). "
              "Default: the run's validation data.")] = None,
-    split: Annotated[Optional[str], typer.Option(
-        help="Split of --data: train, val, test or all (default: test, else val, else all).")] = None,
+    split: Annotated[Optional[Split], typer.Option(
+        help="Split of --data (default: test, else val, else all).")] = None,
     base: Annotated[Optional[str], typer.Option(
         help="Base model to compare with (default: the run's base, or for a checkpoint file "
              "its official weights from the cache).")] = None,
@@ -366,6 +385,10 @@ def eval_command(
     )
     from samtune.models.fast import inference_options
 
+    if (run is None) == (model is None):
+        raise SamtuneError("give the run folder or checkpoint file to evaluate: samtune eval RUN")
+    model = run if run is not None else model
+    split = split.value if split is not None else None
     amg = {k: v for k, v in dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                                  stability_score_thresh=stability_score_thresh).items()
            if v is not None}

@@ -5,23 +5,23 @@ so the same code runs in the training step, in validation and in the evaluator. 
 boolean masks; :func:`binarize` turns logits into masks at logit 0 (probability 0.5), never at
 logit 0.5 (a quirk of two reference projects).
 
-Definitions (chosen to reproduce the reference projects; see ``reference/facts.md``):
+Definitions (chosen to reproduce the reference projects):
 
 - counts per mask: TP, FP, FN, TN over the pixels where ``valid`` is true (padding excluded);
-  with ``valid=None`` every pixel counts, padding included, as R0 does.
+  with ``valid=None`` every pixel counts, padding included, as ``labpics_sam2`` does.
 - IoU = TP / (TP + FP + FN); Dice = 2TP / (2TP + FP + FN). When prediction and target are both
-  empty (union 0) the value is ``empty``, 1.0 by default: R0 counts an empty-vs-empty IoU as 1.0
+  empty (union 0) the value is ``empty``, 1.0 by default: ``labpics_sam2`` counts an empty-vs-empty IoU as 1.0
   (its Dice has no guard and gives NaN there; samtune uses the same ``empty`` for both).
 - pixel accuracy = (TP + TN) / valid pixels; precision = TP / (TP + FP); recall = TP / (TP + FN).
-  A zero denominator gives 0, as in R0's boundary F1 and scikit-learn's ``zero_division=0``.
-- boundary F1 (R0): band(m) = dilation(m, 3x3 cross) XOR erosion(m, 3x3 cross), both with zero
+  A zero denominator gives 0, as in ``labpics_sam2``'s boundary F1 and scikit-learn's ``zero_division=0``.
+- boundary F1 (``labpics_sam2``): band(m) = dilation(m, 3x3 cross) XOR erosion(m, 3x3 cross), both with zero
   outside the image (SciPy's default ``border_value=0``). Precision = |band(P) ∩ D(band(G))| /
   |band(P)|, recall = |band(G) ∩ D(band(P))| / |band(G)|, where D dilates by ``tolerance`` pixels
-  (a Euclidean disk); ``tolerance=0`` is R0 exactly (TP = band ∩ band). F1 = 2PR / (P + R); any
-  zero denominator gives 0, so empty-vs-empty gives ``boundary_empty`` = 0.0 by default (R0).
-- per image: the mean of that image's per-mask values (R4's "micro-imagewise"); the dataset
-  value is the mean over images. Per mask: the mean over all masks (R3's ``per_mask_iou``).
-- micro (R1): TP/FP/FN/TN summed over the whole dataset, then accuracy, precision, recall, IoU.
+  (a Euclidean disk); ``tolerance=0`` is ``labpics_sam2`` exactly (TP = band ∩ band). F1 = 2PR / (P + R); any
+  zero denominator gives 0, so empty-vs-empty gives ``boundary_empty`` = 0.0 by default (``labpics_sam2``).
+- per image: the mean of that image's per-mask values (``finestsam_points``'s "micro-imagewise"); the dataset
+  value is the mean over images. Per mask: the mean over all masks (``lightning_coco_boxes``'s ``per_mask_iou``).
+- micro (``dlo_cables``): TP/FP/FN/TN summed over the whole dataset, then accuracy, precision, recall, IoU.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _broadcast_masks(
 
 
 def mask_areas(masks: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) bool -> (...) int32 foreground pixel counts; int16 row sums first (several
-    times faster on a CPU than one reduction over both axes, and 4x ``count_nonzero``)."""
+    """(..., H, W) bool -> (...) int32 foreground pixel counts; int16 row sums first (on a CPU
+    cheaper than one reduction over both axes, or ``count_nonzero``)."""
     row_dtype = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
     return masks.sum(-1, dtype=row_dtype).sum(-1, dtype=torch.int32)
 
@@ -129,7 +129,7 @@ def _disk(radius: int) -> torch.Tensor:
 
 
 def boundary_band(masks: torch.Tensor) -> torch.Tensor:
-    """R0's boundary: dilation XOR erosion with a 3x3 cross, zero outside the image.
+    """``labpics_sam2``'s boundary: dilation XOR erosion with a 3x3 cross, zero outside the image.
 
     A pixel inside the mask next to the outside, and a pixel outside next to the mask, are both
     in the band (about 2 pixels wide). A mask touching the image edge is eroded there.
@@ -163,7 +163,7 @@ def boundary_f1(
     tolerance: int = 0,
     empty: float = 0.0,
 ) -> torch.Tensor:
-    """Boundary F1 per mask (module docstring); ``tolerance`` pixels of slack, 0 = R0 exactly."""
+    """Boundary F1 per mask (module docstring); ``tolerance`` pixels of slack, 0 = ``labpics_sam2`` exactly."""
     if tolerance < 0:
         raise ValueError(f"boundary tolerance must be >= 0 pixels, got {tolerance}")
     pred, target, valid = _broadcast_masks(pred, target, valid)
@@ -276,7 +276,7 @@ class MaskMetrics(Metric):
     ``update(pred, target, valid=None, image_index=None)`` takes one batch of N masks shaped
     (N, H, W): ``pred`` bool or logits, ``target`` bool, ``valid`` (N, H, W) or (H, W),
     ``image_index`` (N,) saying which image each mask belongs to (all masks of an image must
-    come in the same update; ``None`` means one mask per image, as in R0). ``compute()`` returns
+    come in the same update; ``None`` means one mask per image, as in ``labpics_sam2``). ``compute()`` returns
     ``mask_<name>`` (mean over masks), ``image_<name>`` (mean over images of the per-image mean)
     for each name in :data:`METRIC_NAMES`, and ``micro_<name>`` for :data:`MICRO_NAMES`.
 

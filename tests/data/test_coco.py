@@ -55,7 +55,7 @@ def test_r4_unsplit_is_cut_by_val_size_and_seed(tmp_path, splits):
 
 def test_r4_presplit_rle(tmp_path, splits):
     write_r4(tmp_path, splits, encoding="rle")
-    assert "R4 pre-split" in detect_layout(tmp_path).description
+    assert "finestSAM pre-split" in detect_layout(tmp_path).description
     train = open_source(tmp_path, "train")
     for sample, scene in zip(train, splits["train"]):
         assert sorted_masks(sample.object_masks()) == sorted_masks(scene.masks())

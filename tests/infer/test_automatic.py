@@ -159,7 +159,7 @@ def test_sam2_options_match_official(models, kwargs):
 def test_r0_settings_match_official(models):
     """R0's seg_all.py settings (crops with half the points, m2m, offset 0.7, min area 25),
     with fewer points and no score thresholds so that a random model keeps masks."""
-    kwargs = {**PRESETS["R0"], "points_per_side": 6, **LOW}
+    kwargs = {**PRESETS["labpics_sam2"], "points_per_side": 6, **LOW}
     compare(models["sam2_tiny"], make_image(96, 128, seed=2), **kwargs)
 
 
@@ -194,7 +194,7 @@ def test_family_defaults_and_nothing_found(models):
     assert AutomaticMaskGenerator(models["sam_tiny"]).pred_iou_thresh == 0.88
     assert AutomaticMaskGenerator(models["mobile_sam_tiny"]).pred_iou_thresh == 0.88
     assert AutomaticMaskGenerator(models["sam2_tiny"]).pred_iou_thresh == 0.8 == Sam2Adapter.everything.pred_iou_thresh
-    generator = AutomaticMaskGenerator(models["sam_tiny"], **PRESETS["R4"])
+    generator = AutomaticMaskGenerator(models["sam_tiny"], **PRESETS["finestsam_points"])
     assert generator.min_mask_region_area == 300 and len(generator.point_grids[0]) == 32 * 32
     for mode in ("binary_mask", "uncompressed_rle", "coco_rle"):
         assert AutomaticMaskGenerator(models["sam_tiny"], points_per_side=2, pred_iou_thresh=1.0,

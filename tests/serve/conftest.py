@@ -19,7 +19,7 @@ def serve_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serve_run(serve_data, tmp_path_factory):
     """A run folder from 4 training steps of sam_tiny, with an eval report (box mode) where
-    `samtune eval --model RUN` writes it: RUN/eval/val/."""
+    `samtune eval RUN` writes it: RUN/eval/val/."""
     from samtune.infer.evaluate import (
         EvalSettings,
         eval_folder_name,

@@ -1,7 +1,7 @@
 """The ``data`` section of a run config: where the images are and how to read them.
 
 One :class:`SourceConfig` describes one dataset folder; :class:`DataConfig` mixes several of
-them (each with a percentage drawn afresh every epoch, R1's ``MixedCableDataset``) and can
+them (each with a percentage drawn afresh every epoch, ``dlo_cables``'s ``MixedCableDataset``) and can
 paste their objects on background images (:class:`CompositeConfig`). Every default here is
 samtune's; where a reference project behaves differently the field says which option
 reproduces it.
@@ -29,7 +29,7 @@ class SourceConfig(BaseModel):
     LabPicsV1's Simple/. A COCO json file may also be named directly."""
     format: Format = "auto"
     """Layout to read; ``auto`` detects folder, COCO (annotations.json, Roboflow's
-    _annotations.coco.json, R4's data/ or train/ val/) and LabPicsV1 from the files present."""
+    _annotations.coco.json, ``finestsam_points``'s data/ or train/ val/) and LabPicsV1 from the files present."""
     name: str | None = None
     """Name used in messages and logs; the folder name by default."""
     allow_outside_paths: bool = False
@@ -38,40 +38,40 @@ class SourceConfig(BaseModel):
     name the file (a dataset from elsewhere then cannot make samtune read other files)."""
 
     objects: Literal["auto", "components", "whole", "label_map"] = "auto"
-    """Folder masks: how a mask becomes objects. ``whole``: everything > 0 is one object (R1,
-    R2); ``components``: each connected component of the > 0 area is an object;
+    """Folder masks: how a mask becomes objects. ``whole``: everything > 0 is one object (``dlo_cables``,
+    ``mobilesam_boxes``); ``components``: each connected component of the > 0 area is an object;
     ``label_map``: each distinct non-zero value is an object (instance label maps, cellpose);
     ``auto``: ``whole`` for a mask with one non-zero value, ``label_map`` for more."""
     invert: bool = False
-    """Folder masks: objects are where the mask is 0. R1 inverts by default (its ``--no_inv``
+    """Folder masks: objects are where the mask is 0. ``dlo_cables`` inverts by default (its ``--no_inv``
     turns it off); samtune does not."""
     mask_suffixes: tuple[str, ...] = ("", "_mask", "_masks")
     """Folder masks: a mask belongs to image NAME.ext when its stem is NAME + one of these
     (so masks/NAME.png, masks/NAME_mask.png and cellpose's NAME_masks.png all pair)."""
 
     iscrowd: Literal["use", "ignore"] = "use"
-    """COCO: ``use`` keeps crowd annotations as objects (pycocotools annToMask, as R4 does);
+    """COCO: ``use`` keeps crowd annotations as objects (pycocotools annToMask, as ``finestsam_points`` does);
     ``ignore`` leaves them out and reports how many were left out."""
     categories: list[int | str] | None = None
     """COCO: keep only these categories (ids or names); all by default."""
     keep_empty: bool = True
-    """COCO: images without (kept) annotations stay as background-only samples. R4 drops
+    """COCO: images without (kept) annotations stay as background-only samples. ``finestsam_points`` drops
     them (``false``). Folder and LabPics masks that turn out empty are always kept, with a
     warning from ``samtune data check``."""
 
     labpics_target: Literal["instances", "union"] = "instances"
-    """LabPicsV1: each instance of the merged material/vessel map is an object, or (R0's
+    """LabPicsV1: each instance of the merged material/vessel map is an object, or (``labpics_sam2``'s
     train.py) their union is one object."""
 
     val_size: float = Field(0.3, ge=0.0, lt=1.0)
-    """An unsplit dataset is cut into train and ``int(N * val_size)`` val samples (R4's
+    """An unsplit dataset is cut into train and ``int(N * val_size)`` val samples (``finestsam_points``'s
     auto_split, same default)."""
     seed: int = 42
-    """Seed of that cut (R4's dataset.seed, same default)."""
+    """Seed of that cut (``finestsam_points``'s dataset.seed, same default)."""
 
     percentage: float = Field(1.0, gt=0.0, le=1.0)
     """When mixed with other sources: the share of this source's images drawn (without
-    replacement) each epoch (R1's per-dataset ``percentage``)."""
+    replacement) each epoch (``dlo_cables``'s per-dataset ``percentage``)."""
     skip_bad: bool = False
     """Skip samples that cannot be read, with one warning each, instead of refusing to
     start. Off by default: a dataset with errors is refused before training begins."""
@@ -86,7 +86,7 @@ class SourceConfig(BaseModel):
 
 class CompositeConfig(BaseModel):
     """Cut each sample's objects out by their masks and paste them on a background image
-    (R1). The defaults are R1's augmentation settings."""
+    (``dlo_cables``). The defaults are ``dlo_cables``'s augmentation settings."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -97,7 +97,7 @@ class CompositeConfig(BaseModel):
     """Colour jitter of the objects before pasting."""
     bg_crop_ratio: tuple[float, float] | None = None
     """Aspect-ratio range of the random crop taken from the background. None: the sample's own
-    aspect ratio times (15/16, 17/16), which is R1's (15/9, 17/9) for its 16:9 images."""
+    aspect ratio times (15/16, 17/16), which is ``dlo_cables``'s (15/9, 17/9) for its 16:9 images."""
     bg_aug_p: float = Field(0.5, ge=0.0, le=1.0)
     """Probability of jitter + blur on the background."""
     bg_jitter: ColorJitterConfig = ColorJitterConfig(
@@ -106,7 +106,7 @@ class CompositeConfig(BaseModel):
     bg_blur_kernel: int = 5
     bg_blur_sigma: tuple[float, float] = (0.1, 5.0)
     crop_foreground: bool = False
-    """R1's ``aug_details: [crop_foreground]``: a random crop of image and masks together,
+    """``dlo_cables``'s ``aug_details: [crop_foreground]``: a random crop of image and masks together,
     resized back, before pasting."""
     crop_scale: tuple[float, float] = (0.35, 1.0)
     crop_p: float = Field(0.5, ge=0.0, le=1.0)

@@ -1,21 +1,21 @@
 """The ``augment`` and ``prompts`` sections of a run config.
 
-Augmentation is off unless asked for, as in most of the reference projects (R3, R4 train on the
-images as they are); each transform has its own probability. R0's colour jitter is
-``color_jitter: {brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.2}``; R1's foreground
+Augmentation is off unless asked for, as in most of the reference projects (``lightning_coco_boxes``, ``finestsam_points`` train on the
+images as they are); each transform has its own probability. ``labpics_sam2``'s colour jitter is
+``color_jitter: {brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.2}``; ``dlo_cables``'s foreground
 crop is ``resized_crop: {p: 0.5, scale: [0.35, 1.0]}`` with ``color_jitter: {brightness: 0.4,
 contrast: 0.15, saturation: 0.15, hue: 0.5, p: 0.5}``.
 
 Prompts are a mix of *kinds*, each drawn per object with the given weight. A kind is one
 component or several joined with ``+`` (``box+points`` gives an object both a box and points,
-as R4 does with ``use_boxes`` and ``use_points``):
+as ``finestsam_points`` does with ``use_boxes`` and ``use_points``):
 
-- ``box``: the object's tight box, scaled by ``box.scale_factor`` (R2) and jittered (SAM);
-- ``full_box``: the whole image (R1);
-- ``points``: positive and negative points (R4's rules, centre point, grid snapping);
+- ``box``: the object's tight box, scaled by ``box.scale_factor`` (``mobilesam_boxes``) and jittered (SAM);
+- ``full_box``: the whole image (``dlo_cables``);
+- ``points``: positive and negative points (``finestsam_points``'s rules, centre point, grid snapping);
 - ``mask``: the ground-truth mask as low-res logits;
-- ``logits``: the model's previous low-res logits for this object (R4's ``use_logits``);
-- ``none``: no prompt at all (R0's promptless mode).
+- ``logits``: the model's previous low-res logits for this object (``finestsam_points``'s ``use_logits``);
+- ``none``: no prompt at all (``labpics_sam2``'s promptless mode).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class ColorJitterConfig(_Section):
     hue: float | tuple[float, float] = 0.2
     """At most 0.5 (half the colour circle)."""
     p: float = Field(1.0, ge=0, le=1)
-    """Probability of applying the jitter to an image (R0: always; R1: 0.5)."""
+    """Probability of applying the jitter to an image (``labpics_sam2``: always; ``dlo_cables``: 0.5)."""
 
     @field_validator("brightness", "contrast", "saturation")
     @classmethod
@@ -106,14 +106,14 @@ class ResizedCropConfig(_Section):
     """A random crop resized back to the image's own size (``RandomResizedCrop``-like).
 
     The output keeps the input's height and width, since the model's preprocessing resizes
-    anyway; ``ratio`` is relative to the image's own aspect, so ``(1, 1)`` (R1's fixed aspect)
+    anyway; ``ratio`` is relative to the image's own aspect, so ``(1, 1)`` (``dlo_cables``'s fixed aspect)
     never distorts.
     """
 
     p: float = Field(0.5, ge=0, le=1)
     """Probability of cropping an image."""
     scale: tuple[float, float] = (0.35, 1.0)
-    """Range of the crop's area as a fraction of the image's area (R1: 0.35 to 1)."""
+    """Range of the crop's area as a fraction of the image's area (``dlo_cables``: 0.35 to 1)."""
     ratio: tuple[float, float] = (1.0, 1.0)
     """Range of the crop's aspect ratio relative to the image's aspect (log-uniform)."""
 
@@ -158,7 +158,7 @@ class BoxPromptConfig(_Section):
     """How the ``box`` kind turns an object's tight box into a prompt."""
 
     scale_factor: float = Field(1.0, gt=0)
-    """Box enlarged (or shrunk) about its centre by this factor, clipped to the image (R2)."""
+    """Box enlarged (or shrunk) about its centre by this factor, clipped to the image (``mobilesam_boxes``)."""
     jitter: float = Field(0.1, ge=0)
     """Noise on each coordinate with a spread of this fraction of the box side (SAM: 0.1);
     0 gives the exact box."""
@@ -170,16 +170,16 @@ class BoxPromptConfig(_Section):
 
 
 class PointPromptConfig(_Section):
-    """How the ``points`` kind samples clicks (R4's rules)."""
+    """How the ``points`` kind samples clicks (``finestsam_points``'s rules)."""
 
     positive: int = Field(1, ge=0)
     """Positive points, on the mask."""
     negative: int = Field(0, ge=0)
     """Negative points, inside the object's box but off the mask."""
     use_center: bool = False
-    """The first positive is the mask pixel nearest the mean of the mask pixels (R4)."""
+    """The first positive is the mask pixel nearest the mean of the mask pixels (``finestsam_points``)."""
     snap_to_grid: bool = False
-    """Move the centre point to the nearest point of the automatic mask generator's grid (R4),
+    """Move the centre point to the nearest point of the automatic mask generator's grid (``finestsam_points``),
     so fine-tuning sees the points ``AutomaticMaskGenerator`` will use. It may leave the mask."""
     grid_size: int = Field(32, ge=1)
     """Points per side of that grid (the generator's ``points_per_side``)."""

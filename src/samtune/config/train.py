@@ -1,7 +1,7 @@
 """The ``model`` and ``train`` sections of a run config, and the whole :class:`RunConfig`.
 
 Every default is samtune's; the reference projects' settings are one field away, and the
-example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is R3's recipe).
+example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is ``lightning_coco_boxes``'s recipe).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ModelConfig(_Section):
     missing), or null (random init: the tiny models)."""
     freeze: list[Group] = ["image_encoder", "prompt_encoder"]
     """Parameter groups kept fixed. The default trains the mask decoder on a frozen encoder
-    (R2, R3, R4); ``[]`` is a full fine-tune. With LoRA, the groups LoRA targets are
+    (``mobilesam_boxes``, ``lightning_coco_boxes``, ``finestsam_points``); ``[]`` is a full fine-tune. With LoRA, the groups LoRA targets are
     frozen except for the adapters."""
     lora: LoraConfig | None = None
     """LoRA adapters; null for none."""
@@ -72,7 +72,7 @@ class ModelConfig(_Section):
 class OptimizerConfig(_Section):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
-    """Base learning rate (R3: 1e-4, R2 and R0: 2e-4, R4: 4e-5)."""
+    """Base learning rate (``lightning_coco_boxes``: 1e-4, ``mobilesam_boxes`` and ``labpics_sam2``: 2e-4, ``finestsam_points``: 4e-5)."""
     weight_decay: float = Field(1e-2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0)
@@ -86,9 +86,9 @@ class OptimizerConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Literal["constant", "cosine", "cosine_restarts", "poly", "step", "plateau"] = "cosine"
-    """``cosine``: warmup then cosine to ``eta_min``; ``cosine_restarts``: R0's periodic
-    cosine; ``poly``: R1's warmup then (1 - t/T)^power; ``step``: R3's warmup then x``gamma``
-    at ``milestones`` (fractions of training); ``plateau``: R4's ReduceLROnPlateau on
+    """``cosine``: warmup then cosine to ``eta_min``; ``cosine_restarts``: ``labpics_sam2``'s periodic
+    cosine; ``poly``: ``dlo_cables``'s warmup then (1 - t/T)^power; ``step``: ``lightning_coco_boxes``'s warmup then x``gamma``
+    at ``milestones`` (fractions of training); ``plateau``: ``finestsam_points``'s ReduceLROnPlateau on
     ``monitor``."""
     warmup_steps: int = Field(0, ge=0)
     eta_min: float = Field(0.0, ge=0)
@@ -110,8 +110,8 @@ class ScheduleConfig(_Section):
 class LossConfig(_Section):
     weights: dict[Literal["focal", "dice", "bce", "iou", "iou_head"], float] = {
         "focal": 20.0, "dice": 1.0, "iou_head": 1.0}
-    """SAM, R3, R4: focal 20, dice 1, iou_head 1. R0: dice 0.4, focal 12, iou_head 5, iou 2
-    (with ``iou_tanh_scale: 3``). R1: focal 20, dice 1. R2: bce 1, iou 1."""
+    """SAM, ``lightning_coco_boxes``, ``finestsam_points``: focal 20, dice 1, iou_head 1. ``labpics_sam2``: dice 0.4, focal 12, iou_head 5, iou 2
+    (with ``iou_tanh_scale: 3``). ``dlo_cables``: focal 20, dice 1. ``mobilesam_boxes``: bce 1, iou 1."""
     focal_alpha: float | None = 0.25
     focal_gamma: float = 2.0
     dice_smooth: float = 1.0

@@ -1,7 +1,7 @@
 """COCO instance segmentation: ``annotations.json`` / Roboflow's ``_annotations.coco.json``.
 
 Layouts found by :func:`coco_parts`: a json beside (or above ``images/``) its images; Roboflow
-and R3's split folders (``train/ valid/ test/``, ``train/ val/``) each with its own json; R4's
+and ``lightning_coco_boxes``'s split folders (``train/ valid/ test/``, ``train/ val/``) each with its own json; ``finestsam_points``'s
 ``data/images + data/annotations.json`` (cut into train/val by ``val_size`` and ``seed``) and
 its pre-split ``train|val/images + annotations.json``. Polygons (several per object),
 compressed and uncompressed RLE are decoded by pycocotools exactly as ``COCO.annToMask`` does.
@@ -50,7 +50,7 @@ def coco_parts(root: Path) -> tuple[dict[str, Path], str] | None:
         return {"all": own}, f"COCO ({own.name} with its images)"
     if (root / "data" / "annotations.json").is_file():
         return ({"all": root / "data" / "annotations.json"},
-                "COCO, R4 unsplit (data/images + data/annotations.json, cut by val_size)")
+                "COCO, finestSAM layout unsplit (data/images + data/annotations.json, cut by val_size)")
     parts = {split: _json_in(folder) for split, folder in split_dirs(root).items()}
     parts = {split: path for split, path in parts.items() if path is not None}
     if not parts:
@@ -59,9 +59,9 @@ def coco_parts(root: Path) -> tuple[dict[str, Path], str] | None:
     folders = " ".join(f"{p.parent.name}/" for p in parts.values())
     if names == {"_annotations.coco.json"}:
         roboflow = "test" in parts or parts.get("val", root).parent.name.lower() == "valid"
-        kind = "Roboflow" if roboflow else "R3 / Roboflow"
+        kind = "Roboflow" if roboflow else "``lightning_coco_boxes`` / Roboflow"
     else:
-        kind = "R4 pre-split" if all((p.parent / "images").is_dir() for p in parts.values()) \
+        kind = "finestSAM pre-split" if all((p.parent / "images").is_dir() for p in parts.values()) \
             else "split folders"
     return parts, f"COCO, {kind} ({folders} with {' / '.join(sorted(names))})"
 

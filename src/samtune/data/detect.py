@@ -33,9 +33,9 @@ ACCEPTED_LAYOUTS = """\
   folder:  imgs/ (or images/) + masks/, optionally inside train/ val/ (valid/) test/;
            or cellpose style NAME.png + NAME_masks.png in one folder
   coco:    annotations.json or _annotations.coco.json beside the images (or above images/);
-           train/ valid/ test/ each with _annotations.coco.json (Roboflow, R3);
-           data/images + data/annotations.json (R4, cut by val_size);
-           train|val/images + annotations.json (R4 pre-split)
+           train/ valid/ test/ each with _annotations.coco.json (Roboflow, ``lightning_coco_boxes``);
+           data/images + data/annotations.json (``finestsam_points``, cut by val_size);
+           train|val/images + annotations.json (``finestsam_points`` pre-split)
   labpics: LabPicsV1 Simple/Train|Test/Image/*.jpg + Instance/*.png"""
 
 

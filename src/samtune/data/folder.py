@@ -2,7 +2,7 @@
 ``NAME.png`` beside ``NAME_masks.png`` in one folder.
 
 Images and masks are paired by name (path below the folder, without the extension; a mask may
-add ``_mask``/``_masks``), never by sorted position as R1 and R2 do: one missing file would
+add ``_mask``/``_masks``), never by sorted position as ``dlo_cables`` and ``mobilesam_boxes`` do: one missing file would
 silently shift every later pair. A mask may be binary (0/1, 0/255, 3-channel, palette) or an
 instance label map (8/16/32-bit PNG or TIFF, any ids, 0 = background); ``objects`` says how it
 becomes objects.

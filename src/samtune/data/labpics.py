@@ -1,10 +1,10 @@
-"""LabPicsV1 (R0): ``Simple/{Train,Test}/Image/NAME.jpg`` + ``Instance/NAME.png``.
+"""LabPicsV1 (``labpics_sam2``): ``Simple/{Train,Test}/Image/NAME.jpg`` + ``Instance/NAME.png``.
 
-The Instance PNG holds two instance maps in two colour channels. R0 reads it with cv2 (BGR):
+The Instance PNG holds two instance maps in two colour channels. ``labpics_sam2`` reads it with cv2 (BGR):
 channel 0 is the material map and channel 2 the vessel map, merged by
 ``mat[mat==0] = ves[mat==0] * (mat.max()+1)`` so that vessel ids land above every material id.
 samtune reads and merges them the same way and makes each distinct value of the merged map an
-object; ``labpics_target: union`` gives R0's train.py target instead (all of it as one object).
+object; ``labpics_target: union`` gives ``labpics_sam2``'s train.py target instead (all of it as one object).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def labpics_parts(root: Path) -> dict[str, Path] | None:
 
 
 def merge_instance_maps(annotation_bgr: np.ndarray) -> np.ndarray:
-    """R0's merge of a LabPics Instance image read by cv2 (BGR): int32 map where material ids
+    """``labpics_sam2``'s merge of a LabPics Instance image read by cv2 (BGR): int32 map where material ids
     keep their values and vessel ids become ``ves * (mat.max() + 1)``."""
     mat = annotation_bgr[..., 0].astype(np.int32)
     ves = annotation_bgr[..., 2].astype(np.int32)

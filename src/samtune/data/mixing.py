@@ -1,10 +1,10 @@
-"""Several sources in one training set, and objects pasted on background images (R1).
+"""Several sources in one training set, and objects pasted on background images (``dlo_cables``).
 
 :class:`MixedSource` draws ``percentage`` of each source's images afresh every epoch
-(``resample(epoch, seed)``, the same draw for the same seed and epoch), as R1's
+(``resample(epoch, seed)``, the same draw for the same seed and epoch), as ``dlo_cables``'s
 ``MixedCableDataset.resample`` does. Both also offer a stateless ``at(epoch, index)`` for
 loaders that hand the epoch to the dataset with each index. :class:`CompositeSource` cuts each sample's objects out
-by their masks and pastes them on a random background image with R1's augmentations
+by their masks and pastes them on a random background image with ``dlo_cables``'s augmentations
 (torchvision.transforms.v2), also deterministic per seed, epoch and index.
 """
 

@@ -1,7 +1,7 @@
 """Prompt sampling: what each object is prompted with during training.
 
 Prompts are made per object in ORIGINAL image pixels (the frame a user's clicks and boxes
-live in, and the one R0-R4 reason in); :mod:`samtune.data.batch` maps them to model input
+live in, and the one ``labpics_sam2``-``finestsam_points`` reason in); :mod:`samtune.data.batch` maps them to model input
 pixels with the model's :class:`~samtune.models.preprocess.Preprocessor`. Mask inputs are the
 exception: they only exist at the decoder's low-res size, so a ``mask`` prompt is made from the
 target in the model frame at collate time (:func:`mask_logits_from_targets`) and ``logits``
@@ -62,7 +62,7 @@ class ObjectPrompt:
 
 
 def full_image_box(size: tuple[int, int]) -> np.ndarray:
-    """The box of a whole (H, W) image, (0, 0, W, H) (R1's promptless box)."""
+    """The box of a whole (H, W) image, (0, 0, W, H) (``dlo_cables``'s promptless box)."""
     h, w = size
     return np.array([0, 0, w, h], dtype=np.float32)
 
@@ -74,7 +74,7 @@ def clip_box(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def scale_box(box: np.ndarray, factor: float, size: tuple[int, int]) -> np.ndarray:
-    """``box`` scaled by ``factor`` about its centre, clipped to the (H, W) image (R2)."""
+    """``box`` scaled by ``factor`` about its centre, clipped to the (H, W) image (``mobilesam_boxes``)."""
     x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
     cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 * factor, (y2 - y1) / 2 * factor
     return clip_box(np.array([cx - hw, cy - hh, cx + hw, cy + hh]), size)
@@ -115,7 +115,7 @@ def jitter_box(
 
 def center_point(mask: np.ndarray) -> np.ndarray:
     """(x, y) of the mask pixel nearest the mean of the mask pixels: on the mask even for a
-    ring or a crescent (R4)."""
+    ring or a crescent (``finestsam_points``)."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         raise ValueError("center_point: the mask is empty")
@@ -126,7 +126,7 @@ def center_point(mask: np.ndarray) -> np.ndarray:
 
 def snap_to_grid(point: np.ndarray, size: tuple[int, int], n: int = 32) -> np.ndarray:
     """The nearest point of the automatic generator's n x n grid ``(i + 0.5) / n * (W, H)``
-    (R4's ``snap_to_grid``). The grid is separable, so each axis snaps on its own."""
+    (``finestsam_points``'s ``snap_to_grid``). The grid is separable, so each axis snaps on its own."""
     h, w = size
     out = []
     for v, extent in ((point[0], w), (point[1], h)):
@@ -147,7 +147,7 @@ def sample_points(
     grid_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``positive`` points on the mask and ``negative`` points inside ``box`` but off the mask
-    (R4's rules), drawn without replacement.
+    (``finestsam_points``'s rules), drawn without replacement.
 
     With ``use_center`` the first positive is :func:`center_point` (snapped to the grid with
     ``snap``) and the others are drawn from the remaining mask pixels. When an object has too
@@ -215,7 +215,7 @@ def next_click(
         point = _uniform_pixel(error, rng)
         return point, int(fn[int(point[1]), int(point[0])])
     if mode == "farthest":
-        dist_fn, dist_fp = _inner_distance(fn), _inner_distance(fp)
+        dist_fn, dist_fp = inner_distance(fn), inner_distance(fp)
         label = 1 if dist_fn.max() >= dist_fp.max() else 0
         dist = dist_fn if label else dist_fp
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
@@ -229,7 +229,7 @@ def _uniform_pixel(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.array([x, y], dtype=np.float32)
 
 
-def _inner_distance(region: np.ndarray) -> np.ndarray:
+def inner_distance(region: np.ndarray) -> np.ndarray:
     """Distance of each region pixel to the nearest non-region pixel or image border."""
     padded = np.pad(region, 1).astype(np.uint8)
     return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
@@ -244,7 +244,7 @@ def mask_logits_from_targets(
     """(k, S, S) bool targets in the model frame -> (k, 1, h, w) mask-input logits.
 
     Each low-res pixel gets ``logit x (2 x covered fraction - 1)``: +``logit`` fully inside,
-    -``logit`` fully outside, 0 on an edge half covered. Logits, not the 0/1 values R4 feeds,
+    -``logit`` fully outside, 0 on an edge half covered. Logits, not the 0/1 values ``finestsam_points`` feeds,
     because the decoder's mask input is its own earlier logits during inference.
     """
     frac = F.interpolate(targets[:, None].float(), size, mode="area")
@@ -264,7 +264,7 @@ class PreviousLogitsStore:
     The trainer fills it (:meth:`update`) and the prompt sampler reads it (``logits`` kind).
     An entry counts only while the object's mask key still matches, so logits predicted
     before a flip or crop are never fed to a moved object; the sampler then falls back to
-    another kind. This replaces R4's list of logits that was never aligned with the shuffled
+    another kind. This replaces ``finestsam_points``'s list of logits that was never aligned with the shuffled
     samples. Data-loader workers read a copy taken when they start, so with ``num_workers >
     0`` and non-persistent workers an epoch sees the entries of the epochs before it.
     Entries are kept as float16 (h x w x 2 bytes per object).

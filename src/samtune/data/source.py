@@ -182,7 +182,7 @@ def split_dirs(root: Path) -> dict[str, Path]:
 
 
 def choose_split(parts: Mapping[str, T], split: str, where: Path) -> T:
-    """The part for ``split``. A missing ``val`` falls back to ``test`` (R0, R1 and R2 validate
+    """The part for ``split``. A missing ``val`` falls back to ``test`` (``labpics_sam2``, ``dlo_cables`` and ``mobilesam_boxes`` validate
     on their test folder); anything else missing is a SamtuneError listing what exists."""
     want = canonical_split(split) or split
     if want in parts:
@@ -196,8 +196,8 @@ def choose_split(parts: Mapping[str, T], split: str, where: Path) -> T:
 def split_indices(n: int, split: str, val_size: float, seed: int) -> list[int]:
     """Indices of ``split`` ('train' or 'val') when an unsplit dataset of ``n`` samples is cut
     into ``int(n * val_size)`` validation samples. Uses ``torch.randperm`` with a generator
-    seeded by ``seed`` exactly as R4's ``random_split(dataset, [train, val])`` does, so the
-    same seed gives R4's split."""
+    seeded by ``seed`` exactly as ``finestsam_points``'s ``random_split(dataset, [train, val])`` does, so the
+    same seed gives ``finestsam_points``'s split."""
     import torch
 
     n_val = int(n * val_size)

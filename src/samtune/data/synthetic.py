@@ -284,7 +284,7 @@ def write_roboflow(root: Path, splits: Mapping[str, Sequence[Scene]],
 
 
 def write_r3(root: Path, splits: Mapping[str, Sequence[Scene]]) -> Path:
-    """R3: ``train/ val/`` with ``_annotations.coco.json`` beside the images."""
+    """``lightning_coco_boxes``: ``train/ val/`` with ``_annotations.coco.json`` beside the images."""
     for split, scenes in splits.items():
         write_coco(Path(root) / split, scenes, "_annotations.coco.json")
     return Path(root)
@@ -292,7 +292,7 @@ def write_r3(root: Path, splits: Mapping[str, Sequence[Scene]]) -> Path:
 
 def write_r4(root: Path, scenes: Sequence[Scene] | Mapping[str, Sequence[Scene]],
              encoding: Encoding = "polygon") -> Path:
-    """R4 (finestSAM): unsplit ``data/images + data/annotations.json`` for a list of scenes,
+    """``finestsam_points`` (finestSAM): unsplit ``data/images + data/annotations.json`` for a list of scenes,
     pre-split ``train|val/images + annotations.json`` for a mapping."""
     parts = scenes if isinstance(scenes, Mapping) else {"data": scenes}
     for part, part_scenes in parts.items():
@@ -303,7 +303,7 @@ def write_r4(root: Path, scenes: Sequence[Scene] | Mapping[str, Sequence[Scene]]
 
 def labpics_instance(scene: Scene) -> np.ndarray:
     """LabPicsV1 ``Instance`` PNG (RGB order) for a scene: odd ids go to the vessel map (red,
-    cv2 channel 2) and even ids to the material map (blue, cv2 channel 0), so R0's merge
+    cv2 channel 2) and even ids to the material map (blue, cv2 channel 0), so ``labpics_sam2``'s merge
     ``mat[mat==0] = ves[mat==0] * (mat.max()+1)`` gives one distinct value per object."""
     ids = scene.label_map
     out = np.zeros((*ids.shape, 3), dtype=np.uint8)

@@ -69,13 +69,13 @@ _CHUNK_PIXELS = 1 << 23
 
 #: settings of the reference projects, as keyword arguments of :class:`AutomaticMaskGenerator`
 PRESETS: dict[str, dict[str, Any]] = {
-    # R0 (SAM 2 on LabPics), seg_all.py: denser recall with crops and the m2m refinement
-    "R0": {"points_per_side": 32, "points_per_batch": 128, "pred_iou_thresh": 0.7,
+    # ``labpics_sam2`` (SAM 2 on LabPics), seg_all.py: denser recall with crops and the m2m refinement
+    "labpics_sam2": {"points_per_side": 32, "points_per_batch": 128, "pred_iou_thresh": 0.7,
            "stability_score_thresh": 0.92, "stability_score_offset": 0.7, "crop_n_layers": 1,
            "box_nms_thresh": 0.7, "crop_n_points_downscale_factor": 2,
            "min_mask_region_area": 25, "use_m2m": True},
-    # R4 (finestSAM): SAM's defaults plus removal of regions under 300 pixels
-    "R4": {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+    # ``finestsam_points`` (finestSAM): SAM's defaults plus removal of regions under 300 pixels
+    "finestsam_points": {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
            "stability_score_offset": 1.0, "box_nms_thresh": 0.7, "min_mask_region_area": 300},
 }
 
@@ -151,10 +151,10 @@ class AutomaticMaskGenerator:
         processes the whole image at once, as the official generators.
       halo: (rows, columns) added on every side of a tile for its encoding.
 
-    Reference settings: :data:`PRESETS` holds R0's (SAM 2 LabPics: 32 points, batch 128,
+    Reference settings: :data:`PRESETS` holds ``labpics_sam2``'s (SAM 2 LabPics: 32 points, batch 128,
     IoU 0.7, stability 0.92 at offset 0.7, one crop layer with half the points, min area 25,
-    m2m) and R4's (finestSAM: SAM's defaults with min area 300), e.g.
-    ``AutomaticMaskGenerator(model, **PRESETS["R0"])``.
+    m2m) and ``finestsam_points``'s (finestSAM: SAM's defaults with min area 300), e.g.
+    ``AutomaticMaskGenerator(model, **PRESETS["labpics_sam2"])``.
     """
 
     def __init__(

@@ -24,7 +24,7 @@ With ``EvalSettings.tile_shape`` (``--tile-shape``/``--halo``) every mode runs b
 (:mod:`samtune.infer.tiling`): large images are evaluated at full resolution.
 
 Metrics are :func:`samtune.metrics.mask_metrics` at the original image size (boundary
-F1 with R0's exact band, IoU of empty vs empty = 1). Objects without pixels are left out.
+F1 with ``labpics_sam2``'s exact band, IoU of empty vs empty = 1). Objects without pixels are left out.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pycocotools import mask as mask_utils
 from rich.console import Console
 from tqdm.auto import tqdm
 
-from samtune.data.prompts import PAD_LABEL, _inner_distance
+from samtune.data.prompts import PAD_LABEL, inner_distance
 from samtune.data.sample import Sample
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
@@ -130,7 +130,7 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     """(x, y) pixel of ``mask`` farthest from its edge (and the image border)."""
     if not mask.any():
         raise ValueError("interior_point: the mask is empty")
-    y, x = np.unravel_index(int(np.argmax(_inner_distance(mask))), mask.shape)
+    y, x = np.unravel_index(int(np.argmax(inner_distance(mask))), mask.shape)
     return np.array([x, y], dtype=np.float32)
 
 
@@ -622,7 +622,7 @@ def resolve_models(model: str | Path, base: str | None = None,
     if base_checkpoint is not None and base is None:
         raise SamtuneError("--base-checkpoint goes with --base NAME (the base model's name)")
     if str(model) in {spec.name for spec in list_models()}:
-        raise SamtuneError(f"{model} is a model name; --model takes a fine-tuned run folder or "
+        raise SamtuneError(f"{model} is a model name; eval takes a fine-tuned run folder or "
                            "checkpoint file (compare a file with any base via --base NAME)")
     path = Path(model)
     tuned = load_model(path, device=device)

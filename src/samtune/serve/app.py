@@ -286,6 +286,6 @@ def _eval_dir(slot: Slot) -> Path:
         raise UnknownModel(f"model {slot.id} is not a run folder, so it has no eval report")
     eval_dir = report_folder(slot.run_dir)
     if eval_dir is None:
-        raise NotFound(f"{slot.run_dir / 'eval'}: no eval report yet; run `samtune eval --model "
+        raise NotFound(f"{slot.run_dir / 'eval'}: no eval report yet; run `samtune eval "
                            f"{slot.run_dir}` and reload the page")
     return eval_dir

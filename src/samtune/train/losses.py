@@ -11,26 +11,26 @@ masks (``num_masks``, by default N), as SAM's trainers do, so a batch of 2 image
 objects weighs each object like a batch of 1 image with 1 object. Under DDP pass the
 all-reduced global count, as SAM 2's trainer does.
 
-The terms, with the reference projects' settings (``reference/facts.md``):
+The terms, with the reference projects' settings:
 
 - ``focal``: :func:`torchvision.ops.sigmoid_focal_loss` per pixel, mean over valid pixels.
-  SAM / R3: alpha 0.25, R0: 0.3, R4: 0.8, R1: 0.85 or 0.15; gamma 2.
-- ``dice``: 1 − (2Σpt + s) / (Σp + Σt + s) on sigmoid probabilities; s = 1 (R0, R3), 1e-7 (R4).
-- ``bce``: binary cross-entropy, mean over valid pixels (R2).
-- ``iou``: soft IoU loss 1 − (Σpt + s) / (Σp + Σt − Σpt + s) on probabilities (R2: s = 0).
-  With ``iou_tanh_scale=3`` it is 1 − tanh(3·softIoU), R0's form. R0 computes that on
+  SAM / ``lightning_coco_boxes``: alpha 0.25, ``labpics_sam2``: 0.3, ``finestsam_points``: 0.8, ``dlo_cables``: 0.85 or 0.15; gamma 2.
+- ``dice``: 1 − (2Σpt + s) / (Σp + Σt + s) on sigmoid probabilities; s = 1 (``labpics_sam2``, ``lightning_coco_boxes``), 1e-7 (``finestsam_points``).
+- ``bce``: binary cross-entropy, mean over valid pixels (``mobilesam_boxes``).
+- ``iou``: soft IoU loss 1 − (Σpt + s) / (Σp + Σt − Σpt + s) on probabilities (``mobilesam_boxes``: s = 0).
+  With ``iou_tanh_scale=3`` it is 1 − tanh(3·softIoU), ``labpics_sam2``'s form. ``labpics_sam2`` computes that on
   thresholded masks, so it has no gradient there and only shifts the logged total; samtune
   computes it on probabilities so it trains.
 - ``iou_head``: MSE (or L1) between the predicted IoU and the actual IoU of the mask
-  thresholded at logit 0 (not 0.5, the R3/R4 quirk), with the union clamped to at least one
-  pixel as in R0 and SAM 2 (an empty prediction of an empty target has target IoU 0, which
-  teaches the head to score empty masks low, as automatic mask generation wants). R4
+  thresholded at logit 0 (not 0.5, the ``lightning_coco_boxes``/``finestsam_points`` quirk), with the union clamped to at least one
+  pixel as in ``labpics_sam2`` and SAM 2 (an empty prediction of an empty target has target IoU 0, which
+  teaches the head to score empty masks low, as automatic mask generation wants). ``finestsam_points``
   regresses one value per image (the mean predicted IoU against the image's mean IoU);
   samtune regresses every mask, which gives the head a target per prediction it makes.
 
-Weights: SAM, R3, R4: ``{"focal": 20, "dice": 1, "iou_head": 1}``; R0: ``{"dice": 0.4,
-"focal": 12, "iou_head": 5, "iou": 2}`` with ``iou_tanh_scale=3``; R1: ``{"focal": 20, "dice":
-1}``; R2: ``{"bce": 1, "iou": 1}``.
+Weights: SAM, ``lightning_coco_boxes``, ``finestsam_points``: ``{"focal": 20, "dice": 1, "iou_head": 1}``; ``labpics_sam2``: ``{"dice": 0.4,
+"focal": 12, "iou_head": 5, "iou": 2}`` with ``iou_tanh_scale=3``; ``dlo_cables``: ``{"focal": 20, "dice":
+1}``; ``mobilesam_boxes``: ``{"bce": 1, "iou": 1}``.
 
 Multimask (SAM's rule): with K candidates per object only the best candidate, the one with the
 lowest weighted sum of the mask terms (SAM 2: focal and dice), is back-propagated; the IoU head
@@ -92,9 +92,8 @@ class _Pixels:
     quantities the mask terms share (probabilities, cross-entropy, masked sums) computed once.
 
     The loss runs at the input frame (N x 1024 x 1024 for SAM), where every elementwise pass
-    over the pixels costs about as much as the decoder: computed term by term, the loss took
-    97 ms against the decoder's 22 ms on a sam_tiny cached step (16 masks, 1 CPU thread);
-    sharing the work brought it to 35 ms with the same values.
+    over the pixels costs about as much as the decoder, so each pass is made once (the
+    figures: README, "Training step against the reference loop").
     """
 
     def __init__(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None) -> None:
@@ -193,7 +192,7 @@ def soft_iou_loss(
 ) -> torch.Tensor:
     """1 − softIoU per mask, softIoU = (Σpt + s)/(Σp + Σt − Σpt + s) on probabilities.
 
-    ``tanh_scale=c`` gives 1 − tanh(c·softIoU) (R0 uses c = 3 on hard masks, without gradient).
+    ``tanh_scale=c`` gives 1 − tanh(c·softIoU) (``labpics_sam2`` uses c = 3 on hard masks, without gradient).
     Where the soft union is 0 (both empty), softIoU counts as 1 and the loss is at its minimum.
     """
     return _restore(_Pixels(logits, targets, valid).soft_iou(smooth, tanh_scale), logits)

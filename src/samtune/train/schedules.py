@@ -7,19 +7,19 @@ their settings in ``repr``. ``step`` counts scheduler steps from 0: optimizer st
 ``interval="step"`` (gradient accumulation already folded in by Lightning), epochs with
 ``interval="epoch"``.
 
-Warmup is linear, ``(step + 1) / warmup_steps`` for ``step < warmup_steps`` (R3's form, so the
-first step does not run at learning rate 0; R1 uses ``step / warmup_steps``, one step behind).
+Warmup is linear, ``(step + 1) / warmup_steps`` for ``step < warmup_steps`` (``lightning_coco_boxes``'s form, so the
+first step does not run at learning rate 0; ``dlo_cables`` uses ``step / warmup_steps``, one step behind).
 
-The reference projects (``reference/facts.md``) map to:
+The reference projects map to:
 
-- R0: ``cosine_restarts`` with ``period``, ``eta_min=5e-8`` per epoch. R0 itself calls
+- ``labpics_sam2``: ``cosine_restarts`` with ``period``, ``eta_min=5e-8`` per epoch. ``labpics_sam2`` itself calls
   ``CosineAnnealingLR(T_max=300)`` for 900 epochs, which does not restart but oscillates back up
   with period 600 (a quirk); warm restarts are the intended behaviour.
-- R1: ``poly`` with ``warmup_steps=250``, ``power=0.9``.
-- R2: ``cosine`` with ``eta_min=0`` over the whole run (R2 steps it once per epoch with
+- ``dlo_cables``: ``poly`` with ``warmup_steps=250``, ``power=0.9``.
+- ``mobilesam_boxes``: ``cosine`` with ``eta_min=0`` over the whole run (``mobilesam_boxes`` steps it once per epoch with
   ``T_max`` = batches per epoch, a quirk).
-- R3: ``step`` with ``warmup_steps=250``, ``milestones=(0.66667, 0.86666)``, ``gamma=0.1``.
-- R4: ``plateau`` with ``factor=0.05, patience=10, threshold=1e-4, cooldown=0, min_lr=0``,
+- ``lightning_coco_boxes``: ``step`` with ``warmup_steps=250``, ``milestones=(0.66667, 0.86666)``, ``gamma=0.1``.
+- ``finestsam_points``: ``plateau`` with ``factor=0.05, patience=10, threshold=1e-4, cooldown=0, min_lr=0``,
   monitoring the epoch's mean training loss.
 """
 
@@ -149,7 +149,7 @@ class WarmupStepDecay:
     """Linear warmup, then ×``gamma`` at each milestone reached (``step >= milestone``).
 
     Milestones are absolute steps (``milestone_steps``) or fractions of ``total_steps``
-    (``milestones``, R3: 0.66667 and 0.86666 of the estimated stepping batches).
+    (``milestones``, ``lightning_coco_boxes``: 0.66667 and 0.86666 of the estimated stepping batches).
     """
 
     total_steps: int
