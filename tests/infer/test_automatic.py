@@ -19,7 +19,7 @@ from samtune import AutomaticMaskGenerator, load_model
 from samtune.errors import SamtuneError
 from samtune.infer.automatic import PRESETS
 from samtune.models.sam2 import Sam2Adapter
-from samtune.infer.mask_ops import component_areas, crop_boxes, point_grid
+from samtune.infer.mask_ops import component_areas
 from samtune.infer.rle import decode_rle
 
 TINY = ["sam_tiny", "mobile_sam_tiny", "sam2_tiny"]
@@ -230,14 +230,19 @@ def test_bad_model_and_image(models):
         generator.generate(np.zeros((20, 20), dtype=np.uint8))
 
 
-def test_grid_crops_and_components_match_official_helpers():
-    from segment_anything.utils.amg import build_point_grid, generate_crop_boxes
+def test_grid_crops_and_components_match_official_helpers(models):
+    """Grids and crops are the official helpers' own (imported); the batched connected
+    components equal SAM 2's reference."""
+    from segment_anything.utils.amg import build_all_layer_point_grids, build_point_grid
 
-    for n in (1, 4, 7):
-        np.testing.assert_allclose(point_grid(n), build_point_grid(n), atol=1e-12)
-    for size, layers, ratio in [((96, 128), 2, 512 / 1500), ((1000, 333), 3, 0.2), ((50, 50), 1, 0.0)]:
-        boxes, layer_ids = generate_crop_boxes(size, layers, ratio)
-        assert crop_boxes(size, layers, ratio) == list(zip(boxes, layer_ids))
+    for n, layers, scale in [(1, 0, 1), (4, 2, 2), (7, 1, 1)]:
+        generator = AutomaticMaskGenerator(models["sam_tiny"], points_per_side=n,
+                                           crop_n_layers=layers, crop_n_points_downscale_factor=scale)
+        expected = build_all_layer_point_grids(n, layers, scale)
+        assert len(generator.point_grids) == layers + 1
+        for ours, official in zip(generator.point_grids, expected):
+            np.testing.assert_allclose(ours, official, atol=1e-12)
+        np.testing.assert_allclose(generator.point_grids[0], build_point_grid(n), atol=1e-12)
     binary = np.random.default_rng(0).random((7, 9, 11)) > 0.55
     expected = reference_connected_components(torch.as_tensor(binary)[:, None])[1][:, 0].numpy()
     np.testing.assert_array_equal(component_areas(binary), expected)

@@ -6,15 +6,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from samtune.models.adapter import Features
 from samtune import load_model
+from samtune.models.adapter import Features
+from samtune.models.checkpoints import tensor_checksum
 from samtune.train.cache import (
     FORMAT_VERSION,
     EmbeddingCache,
     file_image_id,
     model_key,
     preprocess_key,
-    weights_digest,
 )
 
 
@@ -156,17 +156,17 @@ def test_file_image_id_follows_the_file(tmp_path):
 
 def test_weights_digest_covers_names_shapes_and_values():
     w = torch.arange(12.0).reshape(3, 4)
-    base = weights_digest([("a", w), ("b", torch.ones(2))])
-    assert base == weights_digest([("b", torch.ones(2)), ("a", w.clone())])  # order-free
-    assert base != weights_digest([("a2", w), ("b", torch.ones(2))])
-    assert base != weights_digest([("a", w.reshape(4, 3)), ("b", torch.ones(2))])
+    base = tensor_checksum([("a", w), ("b", torch.ones(2))])
+    assert base == tensor_checksum([("b", torch.ones(2)), ("a", w.clone())])  # order-free
+    assert base != tensor_checksum([("a2", w), ("b", torch.ones(2))])
+    assert base != tensor_checksum([("a", w.reshape(4, 3)), ("b", torch.ones(2))])
     changed = w.clone()
     changed[2, 3] += 1e-3
-    assert base != weights_digest([("a", changed), ("b", torch.ones(2))])
+    assert base != tensor_checksum([("a", changed), ("b", torch.ones(2))])
     big = torch.randn(10_000)
-    sampled = weights_digest([("w", big)], max_bytes_per_tensor=1024)
-    assert sampled != weights_digest([("w", big * 1.001)], max_bytes_per_tensor=1024)
-    assert sampled != weights_digest([("w", big)])
+    sampled = tensor_checksum([("w", big)], max_bytes_per_tensor=1024)
+    assert sampled != tensor_checksum([("w", big * 1.001)], max_bytes_per_tensor=1024)
+    assert sampled != tensor_checksum([("w", big)])
 
 
 def test_model_key_follows_the_image_encoder_only():

@@ -44,16 +44,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from segment_anything.utils.amg import (
+    build_all_layer_point_grids,
+    generate_crop_boxes,
+    remove_small_regions,
+)
 from torchvision.ops import batched_nms
 
 from samtune.errors import SamtuneError
 from samtune.infer.mask_ops import (
-    crop_boxes,
     fill_holes_and_sprinkles,
-    layer_point_grids,
     mask_boxes,
     near_crop_edge,
-    remove_small_regions,
     stability_scores,
     xyxy_to_xywh,
 )
@@ -255,8 +257,8 @@ class AutomaticMaskGenerator:
             regions = [(list(t.outer), t.inner) for t in make_tiles(size, *self.tiling)]
         crops = []
         for (rx0, ry0, rx1, ry1), inner in regions:
-            for (x0, y0, x1, y1), layer in crop_boxes((ry1 - ry0, rx1 - rx0), self.crop_n_layers,
-                                                      self.crop_overlap_ratio):
+            for (x0, y0, x1, y1), layer in zip(*generate_crop_boxes(
+                    (ry1 - ry0, rx1 - rx0), self.crop_n_layers, self.crop_overlap_ratio)):
                 box = [x0 + rx0, y0 + ry0, x1 + rx0, y1 + ry0]
                 if layer == 0 and inner is not None:
                     ix0, iy0, ix1, iy1 = inner
@@ -493,7 +495,7 @@ def _point_grids(
                          "(pass points_per_side=None with point_grids)")
     if points_per_side is not None:
         _check_int("points_per_side", points_per_side, 1)
-        grids = layer_point_grids(points_per_side, crop_n_layers, downscale)
+        grids = build_all_layer_point_grids(points_per_side, crop_n_layers, downscale)
         for layer, grid in enumerate(grids):
             if len(grid) == 0:
                 raise ValueError(

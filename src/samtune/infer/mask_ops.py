@@ -1,53 +1,22 @@
 """The geometry and mask arithmetic of automatic mask generation, batched on tensors.
 
 Each function reproduces one step of the official generators (``segment_anything`` /
-``sam2`` ``utils/amg.py``) with the same numbers: point grids, crop boxes, mask boxes,
-stability scores, the crop-edge filter, and the two small-region clean-ups (SAM's holes and
-islands on the final masks; SAM 2's holes and sprinkles on the low-res logits). Boxes are XYXY
+``sam2`` ``utils/amg.py``) with the same numbers, batched: mask boxes, stability scores, the
+crop-edge filter, and SAM 2's holes and sprinkles on the low-res logits. What the official
+``amg`` already does per image (point grids, crop boxes, SAM's small-region removal on a final
+mask) is imported from ``segment_anything.utils.amg``, not rewritten. Boxes are XYXY
 with inclusive right/bottom pixel indices, as the official ``batched_mask_to_box``.
 """
 
 from __future__ import annotations
 
 import math
-from itertools import product
 
 import cv2
 import numpy as np
 import torch
 
 from samtune.metrics import mask_areas
-
-
-def point_grid(n_per_side: int) -> np.ndarray:
-    """(n*n, 2) xy points in [0, 1]: cell centres of an n x n grid, x varying fastest."""
-    centres = (np.arange(n_per_side, dtype=np.float64) + 0.5) / n_per_side
-    xs, ys = np.meshgrid(centres, centres)
-    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
-
-
-def layer_point_grids(n_per_side: int, n_layers: int, downscale: int) -> list[np.ndarray]:
-    """One grid per crop layer: layer i has ``int(n_per_side / downscale**i)`` points a side."""
-    return [point_grid(int(n_per_side / downscale**i)) for i in range(n_layers + 1)]
-
-
-def crop_boxes(
-    image_size: tuple[int, int], n_layers: int, overlap_ratio: float
-) -> list[tuple[list[int], int]]:
-    """XYXY crop boxes and their layer: the whole image, then (2^i)^2 overlapping crops for
-    layers i = 1..n_layers, laid out column by column as the official generators do."""
-    h, w = image_size
-    out = [([0, 0, w, h], 0)]
-    for layer in range(1, n_layers + 1):
-        per_side = 2**layer
-        overlap = int(overlap_ratio * min(h, w) * (2 / per_side))
-        crop_w = math.ceil((overlap * (per_side - 1) + w) / per_side)
-        crop_h = math.ceil((overlap * (per_side - 1) + h) / per_side)
-        xs = [int((crop_w - overlap) * i) for i in range(per_side)]
-        ys = [int((crop_h - overlap) * i) for i in range(per_side)]
-        for x0, y0 in product(xs, ys):
-            out.append(([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)], layer))
-    return out
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -86,27 +55,6 @@ def near_crop_edge(
     at_crop = (boxes - crop).abs() <= atol
     at_image = (boxes - image).abs() <= atol
     return (at_crop & ~at_image).any(dim=1)
-
-
-def remove_small_regions(mask: np.ndarray, min_area: float, mode: str) -> tuple[np.ndarray, bool]:
-    """SAM's clean-up of one (H, W) bool mask: ``"holes"`` fills background regions smaller
-    than ``min_area``; ``"islands"`` drops foreground regions smaller than it (keeping the
-    largest when all are small). 8-connectivity. Returns (mask, whether it changed)."""
-    if mode not in ("holes", "islands"):
-        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
-    holes = mode == "holes"
-    working = (mask != holes).astype(np.uint8)
-    _n, labels, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    small = sizes < min_area
-    if not small.any():
-        return mask, False
-    if holes:
-        return mask | np.isin(labels, np.flatnonzero(small) + 1), True
-    keep = np.flatnonzero(~small) + 1
-    if len(keep) == 0:
-        keep = np.array([int(np.argmax(sizes)) + 1])
-    return np.isin(labels, keep), True
 
 
 def component_areas(binary: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import pickle
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -169,17 +170,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over ``tensors`` in name order: each name, dtype, shape and raw bytes.
+def tensor_checksum(
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    max_bytes_per_tensor: int | None = None,
+) -> str:
+    """sha256 over named tensors in name order: each name, dtype, shape and raw bytes.
 
     Identifies weights whatever file they came from (``.pth``, safetensors, a random init
-    under a seed): two state dicts hash equal exactly when they hold the same tensors.
+    under a seed): two state dicts hash equal exactly when they hold the same tensors (delta
+    bases, the embedding cache's encoder key). ``max_bytes_per_tensor`` hashes an evenly
+    strided byte sample of larger tensors instead (still every name, shape and small tensor
+    in full): fine-tuning and merged LoRA change every element of the matrices they touch, so
+    a sample still catches them, but a change confined to a few elements of one large tensor
+    could be missed.
     """
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
     digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
+    for name, t in sorted(items, key=lambda item: item[0]):
+        flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        if max_bytes_per_tensor is not None and flat.numel() > max_bytes_per_tensor:
+            flat = flat[:: -(-flat.numel() // max_bytes_per_tensor)].contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        digest.update(flat.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -31,7 +31,7 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -62,41 +62,14 @@ def file_image_id(path: str | os.PathLike) -> str:
     return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _tensor_bytes(t: torch.Tensor, max_bytes: int | None) -> bytes:
-    """The raw bytes of ``t`` on the CPU, or an evenly strided sample of at most ``max_bytes``."""
-    flat = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-    if max_bytes is not None and flat.numel() > max_bytes:
-        stride = -(-flat.numel() // max_bytes)
-        flat = flat[::stride].contiguous()
-    return flat.numpy().tobytes()
-
-
-def weights_digest(
-    named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes_per_tensor: int | None = None
-) -> str:
-    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order.
-
-    Full bytes by default: hashing runs at about 1-2 GB/s, so even SAM ViT-H's 2.5 GB encoder
-    costs a few seconds once per run, small next to encoding a dataset, and every changed
-    weight changes the key. ``max_bytes_per_tensor`` hashes an evenly strided byte sample of
-    larger tensors instead (still every name, shape and small tensor in full): fine-tuning and
-    merged LoRA change every element of the matrices they touch, so a sample still catches
-    them, but a change confined to a few elements of one large tensor could be missed.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(named_tensors, key=lambda item: item[0]):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t, max_bytes_per_tensor))
-    return h.hexdigest()
-
-
 def model_key(adapter: Adapter, max_bytes_per_tensor: int | None = None) -> str:
     """Cache key of an adapter's encoder: family, model name, input size and the digest of
-    every parameter and buffer in its ``image_encoder`` group (see :func:`weights_digest`)."""
+    every parameter and buffer in its ``image_encoder`` group (:func:`tensor_checksum`; full
+    bytes by default: hashing runs at about 1-2 GB/s, once per run)."""
     prefixes = adapter.group_prefixes.get("image_encoder", ())
     named = list(adapter.parameter_groups().get("image_encoder", {}).items())
     named += [(n, b) for n, b in adapter.model.named_buffers() if n.startswith(prefixes)]
-    weights = weights_digest(named, max_bytes_per_tensor)
+    weights = tensor_checksum(named, max_bytes_per_tensor)
     return f"{adapter.family}/{adapter.spec.name}/{adapter.image_size}/{weights}"
 
 
