@@ -109,6 +109,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     images = root / "images"
     for i, scene in enumerate(splits["val"]):
         write_image(images / f"img{i}.png", scene.image)
+    photo = root / "photo.png"  # the README's prompts are for an image of about 480x640
+    write_image(photo, np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8))
     weights = root / "sam_tiny.pth"
     torch.save(load_model("sam_tiny").model.state_dict(), weights)
     config = build_run_config(None, [
@@ -117,7 +119,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         "train.val_every_n_steps=2", "train.progress_bar=false", "prompts.mix={box: 1.0}"])
     train(config)
     export_run(config.run_dir)
-    return {"dataset": str(dataset), "images": str(images), "image": str(images / "img0.png"),
+    return {"dataset": str(dataset), "images": str(images), "image": str(photo),
             "weights": str(weights), "run": str(config.run_dir), "out": str(root / "out")}
 
 
