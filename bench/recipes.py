@@ -114,7 +114,7 @@ def child(recipe: str, prompts: str, args, data: Path, out: Path, queue) -> None
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from samtune.models.load import load_model
+    from samtune import load_model
     from samtune.train.run import train
 
     config = run_config(data, out, f"{recipe}-{prompts}", recipe, prompts, args)
@@ -136,7 +136,7 @@ def child(recipe: str, prompts: str, args, data: Path, out: Path, queue) -> None
 def base_child(args, data: Path, queue) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    from samtune.models.load import load_model
+    from samtune import load_model
 
     queue.put({"recipe": "base", "iou": held_out_iou(load_model("litemedsam", "auto"), data,
                                                      args.device)})
