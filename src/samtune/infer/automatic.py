@@ -495,13 +495,12 @@ def _point_grids(
                          "(pass points_per_side=None with point_grids)")
     if points_per_side is not None:
         _check_int("points_per_side", points_per_side, 1)
-        grids = build_all_layer_point_grids(points_per_side, crop_n_layers, downscale)
-        for layer, grid in enumerate(grids):
-            if len(grid) == 0:
+        for layer in range(crop_n_layers + 1):  # the official helper divides by zero there
+            if int(points_per_side / downscale**layer) == 0:
                 raise ValueError(
                     f"crop layer {layer} gets no points: points_per_side={points_per_side} / "
                     f"crop_n_points_downscale_factor={downscale}**{layer} < 1; lower one of them")
-        return grids
+        return build_all_layer_point_grids(points_per_side, crop_n_layers, downscale)
     grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
     if len(grids) < crop_n_layers + 1:
         raise ValueError(f"point_grids has {len(grids)} grid(s); crop_n_layers={crop_n_layers} "
