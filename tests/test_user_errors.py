@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import samtune.models
+import samtune.runs
 from samtune.cli import app
 from samtune.errors import CheckpointError
 
@@ -36,7 +36,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(samtune.models, "load_model", refuse)
+    monkeypatch.setattr(samtune.runs, "load_model", refuse)
 
 
 def one_error_line(result, *expected: str) -> str:
@@ -131,7 +131,7 @@ def test_a_hostile_checkpoint_is_never_unpickled(image_file, tmp_path):
 
 
 def test_mobile_sam_prints_no_timm_warnings():
-    code = "from samtune.models import load_model; load_model('mobile_sam_tiny')"
+    code = "from samtune import load_model; load_model('mobile_sam_tiny')"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     done = subprocess.run([sys.executable, "-W", "default", "-c", code], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -150,7 +150,7 @@ def test_a_cached_official_file_is_checked_once_against_its_published_sha256(mon
     fake.parent.mkdir(parents=True, exist_ok=True)
     fake.write_bytes(b"random weights, not Meta's file")
     with pytest.raises(CheckpointError, match="not the official sam_vit_b_01ec64.pth"):
-        samtune.models.load_model("sam_vit_b", checkpoint="auto")
+        samtune.load_model("sam_vit_b", checkpoint="auto")
     assert checkpoints.published_status(spec) == "wrong sha256"
     result = runner.invoke(app, ["models", "--family", "sam"])
     assert "wrong sha256" in result.output

@@ -39,6 +39,7 @@ from samtune.errors import CheckpointError, SamtuneError, SamtuneWarning
 from samtune.files import is_temporary, write_text
 from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import check_finite, load_tensors_file, sha256_of
+from samtune.models.hf import is_hf_folder
 from samtune.models.load import build_adapter, load_weights, seeded
 from samtune.models.lora import add_lora, merge_lora
 from samtune.models.registry import ModelSpec, UnknownModelError, get_spec
@@ -351,6 +352,8 @@ def load_model(
       ``{"model": ...}``, DDP-prefixed, safetensors, or a samtune training checkpoint);
     - a run folder: its ``export/model.pth`` when present, else ``checkpoints/best.ckpt``,
       else ``checkpoints/last.ckpt`` (LoRA merged); the name comes from its config;
+    - a transformers folder (``config.json`` + ``model.safetensors``, ``samtune export
+      --format hf``), read by :func:`~samtune.models.load.load_weights`;
     - a checkpoint file: a samtune training checkpoint (``.ckpt``, LoRA merged) or a weights
       file whose architecture identifies the model (:func:`samtune.models.load.identify`).
 
@@ -370,7 +373,7 @@ def load_model(
             training = _training_checkpoint(target)
             if training is not None:
                 return restore_adapter(training, target).to(device)
-            if target.is_dir():
+            if target.is_dir() and not is_hf_folder(target):
                 return load_run(target, device)
     elif target.is_dir():
         raise SamtuneError(f"{target}: delta= goes with a model name or a base weights file, "

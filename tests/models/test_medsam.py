@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from skimage.transform import resize
 
 from samtune.infer.predictor import Predictor
-from samtune.models import load_model
+from samtune import load_model
 from samtune.models.load import build_adapter, build_without_weights
 from samtune.models.preprocess import MedSamResize
 from samtune.models.registry import get_spec
