@@ -73,6 +73,13 @@ class RunCheckpointIO(TorchCheckpointIO):
         remove_checkpoint_files(Path(path))
 
 
+def save_resumable(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` with everything a resume reads (optimizer, schedule, loops,
+    callbacks), as ModelCheckpoint saves; the second argument, ``weights_only``, given as
+    ModelCheckpoint gives it, so Lightning does not log its default."""
+    trainer.save_checkpoint(path, False)
+
+
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, with the base model's validation as the first candidate
     for best (:meth:`start_from_base`)."""
@@ -115,11 +122,11 @@ class LastCheckpoint(Checkpoint):
         # hold none of its gradient
         stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
         if stepped and self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path)
+            save_resumable(trainer, self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            save_resumable(trainer, self.path)
 
 
 def write_trained_tensors(checkpoint: dict[str, Any], names: Sequence[str], path: Path) -> None:

@@ -48,6 +48,7 @@ from samtune.train.callbacks import (
     PreviousLogits,
     RunCheckpoint,
     RunCheckpointIO,
+    save_resumable,
 )
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
 from samtune.train.module import FineTuneModule
@@ -134,7 +135,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(start) if start else None)
         stopped = stop_reason(trainer)
         base = base or _read_base(run_dir)  # a resume validated the base in its first attempt
-        trainer.save_checkpoint(last)  # at the step training ended on, whatever the intervals
+        save_resumable(trainer, last)  # at the step training ended on, whatever the intervals
         final: dict[str, float] = {}
         best_metrics: dict[str, float] = {}
         best_path, best_step = _best_path(trainer), None
