@@ -212,6 +212,15 @@ class Adapter(nn.Module, ABC):
         return state_dict
 
     @classmethod
+    def complete_state_dict(cls, expected: dict[str, torch.Tensor],
+                            state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+        """A file's state dict before the strict load into a model whose own is ``expected``:
+        where a family's files may lack modules samtune never runs, the model's values fill
+        them in (SAM 2's memory modules in a transformers ``Sam2Model`` file); as it is
+        otherwise."""
+        return state_dict
+
+    @classmethod
     @abstractmethod
     def official_loader(cls, spec: ModelSpec, path: str) -> str:
         """The line of official code that loads an exported ``model.pth`` of ``spec``."""

@@ -33,7 +33,6 @@ from samtune.models.checkpoints import (
 )
 from samtune.models.hf import (
     SAM2_MEMORY_PREFIXES,
-    complete_sam2_memory,
     image_path_only,
     is_hf_folder,
 )
@@ -265,8 +264,7 @@ def apply_delta(adapter: Adapter, delta: Delta, source: str) -> None:
 def apply_state_dict(adapter: Adapter, sd: dict[str, torch.Tensor], source: str) -> None:
     """Load ``sd`` into ``adapter.model`` or raise naming every mismatch."""
     expected = adapter.model.state_dict()
-    if adapter.spec.family == "sam2":
-        sd = complete_sam2_memory(expected, sd, source)
+    sd = type(adapter).complete_state_dict(expected, sd, source)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong_shape = [

@@ -136,6 +136,14 @@ class Sam2Adapter(Adapter):
         return {"model": state_dict}
 
     @classmethod
+    def complete_state_dict(cls, expected, state_dict, source: str):
+        """A transformers ``Sam2Model`` file holds the image path only: the memory modules
+        keep the freshly built model's values (with a warning)."""
+        from samtune.models.hf import complete_sam2_memory
+
+        return complete_sam2_memory(expected, state_dict, source)
+
+    @classmethod
     def official_loader(cls, spec: ModelSpec, path: str) -> str:
         return f'sam2.build_sam.build_sam2("{spec.sam2_config}", "{path}")'
 
