@@ -64,7 +64,8 @@ def measure_predict(n: int, chunked: bool) -> float:
     import numpy as np
 
     from samtune.infer.predictor import Predictor
-    from samtune.infer.prompted import ObjectPrompt, predict_objects
+    from samtune.infer.prompted import predict_objects
+    from samtune.prompts import ObjectPrompt
     from samtune.models import load_model
 
     rng = np.random.default_rng(0)

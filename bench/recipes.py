@@ -75,7 +75,8 @@ def run_config(data: Path, out: Path, name: str, recipe: str, prompts: str, args
 
 def held_out_iou(model, data: Path, device: str) -> dict[str, float]:
     """Mean mask IoU on the test images per scored mode, as ``samtune eval`` scores it."""
-    from samtune.infer.evaluate import EvalSettings, evaluate_models, resolve_data, summarize
+    from samtune.infer.evaluate import EvalSettings, evaluate_models, resolve_data
+    from samtune.infer.scoring import summarize
 
     test, _, _ = resolve_data(str(data), "test")
     results, _ = evaluate_models({"m": model.to(device)}, test, EvalSettings(modes=SCORED_MODES),

@@ -32,10 +32,11 @@ import torch
 from common import activation_mib, images_per_s, peak_gib, precision_autocast
 
 from samtune.config import build_run_config
+from samtune.config.prompts import parse_prompt_kind
 from samtune.data.batch import Collator, Item
-from samtune.data.prompts import ObjectPrompt, parse_prompt_kind
 from samtune.data.sample import Sample
 from samtune.data.synthetic import make_scenes
+from samtune.prompts import ObjectPrompt
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.module import FineTuneModule
 

@@ -243,7 +243,8 @@ def test_coco_prompts_carry_their_categories_into_results_pycocotools_reads(tmp_
 def test_many_boxes_are_decoded_a_chunk_at_a_time(image_file, monkeypatch):
     from samtune import load_model
     from samtune.infer.predictor import Predictor
-    from samtune.infer.prompted import ObjectPrompt, predict_objects
+    from samtune.infer.prompted import predict_objects
+    from samtune.prompts import ObjectPrompt
 
     predictor = Predictor(load_model("sam_tiny"))
     predictor.set_image(np.asarray(Image.open(image_file)))

@@ -26,7 +26,9 @@ FORBIDDEN = {
     "samtune.runs": {"samtune.train", "samtune.infer", "samtune.cli", "samtune.demo"},
     "samtune.metrics": {"samtune.train", "samtune.infer", "samtune.runs", "samtune.models"},
     "samtune.config": {"samtune.models", "samtune.data", "samtune.train", "samtune.infer",
-                       "samtune.runs"},
+                       "samtune.runs", "samtune.prompts"},
+    "samtune.prompts": {"samtune.models", "samtune.data", "samtune.train", "samtune.infer",
+                        "samtune.runs", "samtune.cli", "samtune.demo"},
 }
 
 

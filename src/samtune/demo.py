@@ -140,7 +140,7 @@ def predict_example(model, sample, image: Path, output: Path) -> Path:
 
     from samtune.infer.predict_files import predict_paths
     from samtune.infer.predictor import Predictor
-    from samtune.infer.prompted import ObjectPrompt
+    from samtune.prompts import ObjectPrompt
 
     box = np.asarray(sample.boxes()[0], dtype=np.float64)
     predict_paths(Predictor(model), image, output, prompts=[ObjectPrompt(box=box)], progress=False)

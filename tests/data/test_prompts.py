@@ -10,20 +10,22 @@ from pydantic import ValidationError
 
 from samtune.config.prompts import PromptConfig, parse_prompt_kind
 from samtune.data.prompts import (
-    PAD_LABEL,
     PreviousLogitsStore,
     PromptSampler,
-    center_point,
-    full_image_box,
-    jitter_box,
     mask_key,
     mask_logits_from_targets,
-    next_click,
+)
+from samtune.data.sample import Sample
+from samtune.prompts import (
+    PAD_LABEL,
+    center_point,
+    correction_clicks,
+    full_image_box,
+    jitter_box,
     sample_points,
     scale_box,
     snap_to_grid,
 )
-from samtune.data.sample import Sample
 
 H, W = 48, 64
 
@@ -206,6 +208,14 @@ def test_mask_prompt_is_logits_of_the_target():
     assert m[0, 0, 2, 0] == pytest.approx(-5.0)  # 4 of 16 covered -> 10 * (2 * 0.25 - 1)
 
 
+def next_click(pred, gt, seed: int, mode: str) -> tuple[np.ndarray, int]:
+    """One object's correction click from numpy masks, through the batched sampler."""
+    pred, gt = torch.from_numpy(pred)[None], torch.from_numpy(gt)[None]
+    points, labels = correction_clicks(pred, gt, torch.ones_like(gt),
+                                       torch.Generator().manual_seed(seed), mode)
+    return points[0].numpy(), int(labels[0])
+
+
 def test_click_from_error_region_sample_mode():
     gt = np.zeros((H, W), bool)
     gt[10:30, 10:30] = True
@@ -215,7 +225,7 @@ def test_click_from_error_region_sample_mode():
     fn, fp = gt & ~pred, pred & ~gt
     labels = []
     for seed in range(60):
-        (x, y), label = next_click(pred, gt, np.random.default_rng(seed), "sample")
+        (x, y), label = next_click(pred, gt, seed, "sample")
         region = fn if label == 1 else fp
         assert region[int(y), int(x)]
         labels.append(label)
@@ -227,18 +237,18 @@ def test_click_farthest_picks_the_centre_of_the_larger_error():
     gt[10:31, 10:31] = True
     pred = np.zeros((H, W), bool)
     pred[35:40, 50:60] = True   # a thin false positive
-    (x, y), label = next_click(pred, gt, np.random.default_rng(0), "farthest")
+    (x, y), label = next_click(pred, gt, 0, "farthest")
     assert label == 1 and (x, y) == (20, 20)
     pred2 = gt.copy()
     pred2[0:20, 40:60] = True   # a large false positive
-    (x, y), label = next_click(pred2, gt, np.random.default_rng(0), "farthest")
+    (x, y), label = next_click(pred2, gt, 0, "farthest")
     assert label == 0 and 47 <= x <= 52 and 7 <= y <= 12 and not gt[int(y), int(x)]
 
 
 def test_click_without_error_is_a_positive_on_the_object():
     gt = np.zeros((H, W), bool)
     gt[5:9, 5:9] = True
-    (x, y), label = next_click(gt, gt, np.random.default_rng(0), "farthest")
+    (x, y), label = next_click(gt, gt, 0, "farthest")
     assert label == 1 and gt[int(y), int(x)]
 
 

@@ -9,21 +9,18 @@ from pycocotools import mask as mask_utils
 from samtune.data.detect import open_source
 from samtune.data.sample import Sample
 from samtune.data.synthetic import make_scenes, write_coco
-from samtune.infer.evaluate import (
-    EvalSettings,
+from samtune.infer.eval_modes import best_matches, object_prompts, predict_mode
+from samtune.infer.evaluate import EvalSettings, evaluate_models
+from samtune.infer.scoring import (
     GroundTruth,
     ImageRecord,
     ModeResult,
-    best_matches,
     coco_ap,
     coco_ap_per_category,
-    evaluate_models,
-    interior_point,
-    object_prompts,
-    predict_mode,
     score_image,
     summarize,
 )
+from samtune.prompts import interior_point
 from samtune.infer.rle import encode_coco_rles
 from samtune import load_model
 
@@ -96,11 +93,14 @@ def test_object_prompts_are_seeded_and_inside():
     a = object_prompts(masks, boxes, np.random.default_rng([7, 0]))
     b = object_prompts(masks, boxes, np.random.default_rng([7, 0]))
     c = object_prompts(masks, boxes, np.random.default_rng([8, 0]))
-    assert np.array_equal(a.points, b.points) and not np.array_equal(a.points, c.points)
-    x, y = a.points[0].T.astype(int)
-    assert masks[0][y, x].all() and len({tuple(p) for p in a.points[0]}) == 3
+    def points(prompts):
+        return np.stack([p.points for p in prompts])
+
+    assert np.array_equal(points(a), points(b)) and not np.array_equal(points(a), points(c))
+    x, y = a[0].points.T.astype(int)
+    assert masks[0][y, x].all() and len({tuple(p) for p in a[0].points}) == 3
     # a one-pixel object: the interior point, and two padding points the model ignores
-    assert a.labels[1].tolist() == [1, -1, -1] and a.points[1, 0].tolist() == [40, 25]
+    assert a[1].point_labels.tolist() == [1, -1, -1] and a[1].points[0].tolist() == [40, 25]
 
 
 # --- metrics on constructed cases -----------------------------------------------------------

@@ -9,14 +9,8 @@ from PIL import Image
 from rich.console import Console
 
 from samtune.data.sample import Sample
-from samtune.infer.evaluate import (
-    EvalSettings,
-    GroundTruth,
-    ModeResult,
-    metrics_document,
-    run_eval,
-    score_image,
-)
+from samtune.infer.evaluate import EvalSettings, metrics_document, run_eval
+from samtune.infer.scoring import GroundTruth, ModeResult, score_image
 from samtune.infer.report import PanelCase, worse_than_base, write_report
 
 

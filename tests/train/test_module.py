@@ -6,8 +6,9 @@ import torch
 from samtune.data.batch import Collator
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
+from samtune.prompts import correction_clicks
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
-from samtune.train.module import FineTuneModule, error_clicks
+from samtune.train.module import FineTuneModule
 from samtune.train.run import build_trainer
 
 
@@ -161,6 +162,36 @@ def test_multimask_and_correction_rounds_run(make_config):
     assert torch.isfinite(total)
 
 
+@pytest.mark.parametrize("mode", ["sample", "farthest"])
+def test_correction_rounds_click_as_prompts_click_mode_says(make_config, monkeypatch, mode):
+    config = make_config("train.correction_rounds=1", f"prompts.click_mode={mode}")
+    module = FineTuneModule(config)
+    batch, _ = first_batch(module, config)
+    seen = []
+
+    def recording(pred, target, valid, generator, click_mode):
+        seen.append(click_mode)
+        return correction_clicks(pred, target, valid, generator, click_mode)
+
+    monkeypatch.setattr("samtune.train.module.correction_clicks", recording)
+    module.forward_objects(batch, module.features(batch), torch.Generator().manual_seed(0), rounds=1)
+    assert seen == [mode]
+
+
+def test_farthest_clicks_are_the_deepest_error_pixels():
+    target = torch.zeros(2, 12, 12, dtype=torch.bool)
+    target[:, 1:10, 1:10] = True
+    pred = target.clone()
+    pred[0, 1:10, 1:6] = False    # missed a 9x5 band: its middle column, first of the ties
+    pred[1, 10:12, :] = True      # a thin spill only: a negative click in it
+    valid = torch.ones(12, 12, dtype=torch.bool).expand(2, 12, 12)
+    points, labels = correction_clicks(pred, target, valid, None, "farthest")
+    assert labels.tolist() == [1, 0]
+    assert points[0].tolist() == [3.0, 3.0]
+    x, y = points[1].long()
+    assert pred[1, y, x] and not target[1, y, x]
+
+
 def test_error_clicks_land_in_the_error_region():
     target = torch.zeros(3, 8, 8, dtype=torch.bool)
     target[:, 2:6, 2:6] = True
@@ -168,7 +199,7 @@ def test_error_clicks_land_in_the_error_region():
     pred[0, 2:6, 2:4] = False   # missed part: positive click there
     pred[1, 0:2, :] = True      # spill: negative click there
     valid = torch.ones(8, 8, dtype=torch.bool).expand(3, 8, 8)
-    points, labels = error_clicks(pred, target, valid, torch.Generator().manual_seed(0))
+    points, labels = correction_clicks(pred, target, valid, torch.Generator().manual_seed(0))
     x, y = points[0].long()
     assert labels[0] == 1 and target[0, y, x] and not pred[0, y, x]
     x, y = points[1].long()

@@ -232,10 +232,11 @@ class PromptConfig(_Section):
     400-object image took 8.5 GB of RAM with the tiny model), so an uncapped image with
     hundreds of objects can exhaust memory. The first image the cap trims is named in a
     warning. Validation prompts every object."""
-    click_mode: Literal["sample", "farthest"] = "farthest"
-    """How a correction click is picked from the error region (:func:`next_click`):
-    ``sample`` a uniform pixel (SAM), or the ``farthest`` point inside the larger error
-    region (SAM 2)."""
+    click_mode: Literal["sample", "farthest"] = "sample"
+    """How the correction click of each ``train.correction_rounds`` round is picked from the
+    error region (:func:`samtune.prompts.correction_clicks`): ``sample`` a uniform pixel
+    (SAM), or the ``farthest`` pixel inside the error region that reaches farther inside
+    (SAM 2)."""
 
     @field_validator("mix")
     @classmethod

@@ -176,7 +176,8 @@ class TrainConfig(_Section):
     always computed in the input frame."""
     correction_rounds: int = Field(0, ge=0)
     """Extra decoder passes per step, each adding a click from the previous error region
-    and feeding the previous logits back as the mask prompt (SAM / SAM 2 training)."""
+    (``prompts.click_mode``) and feeding the previous logits back as the mask prompt (SAM /
+    SAM 2 training)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     loss: LossConfig = LossConfig()

@@ -1,11 +1,12 @@
 """``Batch``: several images, a variable number of objects each, ready for the adapter.
 
 :class:`Collator` turns the dataset's :class:`Item` records (an augmented Sample with one
-:class:`~samtune.data.prompts.ObjectPrompt` per object) into one :class:`Batch`: images
+:class:`~samtune.prompts.ObjectPrompt` per object) into one :class:`Batch`: images
 preprocessed by the model's :class:`~samtune.models.preprocess.Preprocessor`, every target
 mask and every prompt mapped into the model input frame by that same object, so a point, a
 box and a target line up whatever the family's resize. Objects are flattened across images
-(``object_image`` says whose each is) and grouped by prompt structure, because one
+(``object_image`` says whose each is) and grouped by prompt structure
+(:func:`~samtune.prompts.group_by_structure`), because one
 :class:`~samtune.models.adapter.Prompts` record must hold objects with the same prompt shape:
 ``prompt_groups`` is what the trainer hands to ``adapter.decode``, one call per group.
 """
@@ -20,10 +21,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from samtune.data.prompts import ObjectPrompt, mask_logits_from_targets
+from samtune.data.prompts import mask_logits_from_targets
 from samtune.data.sample import Sample
 from samtune.models.adapter import Adapter, Prompts
 from samtune.models.preprocess import Preprocessor
+from samtune.prompts import ObjectPrompt, group_by_structure
 
 
 @dataclass
@@ -163,11 +165,8 @@ class Collator:
     def _groups(
         self, prompts: list[ObjectPrompt], object_image: torch.Tensor, targets: torch.Tensor
     ) -> list[PromptGroup]:
-        by_structure: dict[tuple[int, bool, bool], list[int]] = {}
-        for i, p in enumerate(prompts):
-            by_structure.setdefault(p.structure, []).append(i)
         return [self._group(idx, [prompts[i] for i in idx], object_image, targets)
-                for idx in by_structure.values()]
+                for idx in group_by_structure(prompts)]
 
     def _group(
         self, idx: list[int], ps: list[ObjectPrompt], object_image: torch.Tensor,
@@ -181,13 +180,13 @@ class Collator:
             labels = torch.as_tensor(np.stack([p.point_labels for p in ps]), dtype=torch.int)
         if first.box is not None:
             boxes = torch.as_tensor(np.stack([p.box for p in ps]), dtype=torch.float32)
-        if first.kind.mask is not None:
+        if first.has_mask_input:
             masks = torch.stack([self._mask_input(p, targets[i]) for i, p in zip(idx, ps)])
         return PromptGroup(objects, Prompts(object_image[objects], points, labels, boxes, masks))
 
     def _mask_input(self, p: ObjectPrompt, target: torch.Tensor) -> torch.Tensor:
         """(1, h, w) mask input: stored logits, or the target as logits."""
-        if p.kind.mask == "logits":
+        if p.logits is not None:
             logits = torch.as_tensor(p.logits, dtype=torch.float32)
             if tuple(logits.shape[-2:]) != self.mask_input_size:
                 raise ValueError(f"stored logits are {tuple(logits.shape)}, the model's mask "

@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from samtune.config.prompts import AugmentConfig, PromptConfig, PromptKind
 from samtune.data.batch import Collator, Item
-from samtune.data.prompts import ObjectPrompt, PreviousLogitsStore, PromptSampler, mask_key
+from samtune.data.prompts import PreviousLogitsStore, PromptSampler, mask_key
 from samtune.data.sample import Sample
 from samtune.data.transforms import Augmenter, random_window, select_objects
 from samtune.notices import notify
+from samtune.prompts import ObjectPrompt
 
 _ITEM_STREAM, _ORDER_STREAM = 1, 2  # keep item and shuffle seeds apart
 

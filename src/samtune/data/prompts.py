@@ -1,239 +1,31 @@
 """Prompt sampling: what each object is prompted with during training.
 
-Prompts are made per object in ORIGINAL image pixels (the frame a user's clicks and boxes
-live in, and the one ``labpics_sam2``-``finestsam_points`` reason in); :mod:`samtune.data.batch` maps them to model input
+Prompts are :class:`~samtune.prompts.ObjectPrompt` records made per object by the shared
+rules of :mod:`samtune.prompts`, in ORIGINAL image pixels (the frame a user's clicks and
+boxes live in, and the one ``labpics_sam2``-``finestsam_points`` reason in); :mod:`samtune.data.batch` maps them to model input
 pixels with the model's :class:`~samtune.models.preprocess.Preprocessor`. Mask inputs are the
 exception: they only exist at the decoder's low-res size, so a ``mask`` prompt is made from the
 target in the model frame at collate time (:func:`mask_logits_from_targets`) and ``logits``
 are stored in that frame already.
 
-Point convention: a point is the (x, y) = (column, row) index of a pixel, as SAM's predictor
-takes clicks (its prompt encoder adds 0.5 to reach the pixel centre). Boxes are xyxy on pixel
-edges, as :meth:`Sample.boxes`. Every random draw comes from the numpy Generator passed in.
+Every random draw comes from the numpy Generator passed in.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from samtune.config.prompts import PromptConfig, PromptKind, parse_prompt_kind
 from samtune.data.sample import Sample
+from samtune.prompts import ObjectPrompt, full_image_box, jitter_box, sample_points, scale_box
 
 if TYPE_CHECKING:
     from samtune.data.batch import Batch
-
-PAD_LABEL = -1
-"""Label of a padding point: the prompt encoder gives it the "not a point" embedding."""
-
-
-@dataclass
-class ObjectPrompt:
-    """One object's prompt in original image pixels.
-
-    ``points`` (P, 2) float32 xy with ``point_labels`` (P,) int64 (1 positive, 0 negative,
-    -1 padding); ``box`` (4,) float32 xyxy; ``logits`` (h, w) float32 previous low-res logits
-    in the model frame (kind ``logits``); for a ``mask`` kind only ``mask_logit``, the
-    magnitude the target gets when it is made into the mask input at collate time.
-    """
-
-    kind: PromptKind
-    points: np.ndarray | None = None
-    point_labels: np.ndarray | None = None
-    box: np.ndarray | None = None
-    logits: np.ndarray | None = None
-    mask_logit: float | None = None
-
-    @property
-    def structure(self) -> tuple[int, bool, bool]:
-        """(number of points, has a box, has a mask input): objects that share it can go
-        through the decoder in one ``Prompts`` record."""
-        n_points = 0 if self.points is None else len(self.points)
-        return n_points, self.box is not None, self.kind.mask is not None
-
-
-# --- boxes ----------------------------------------------------------------------------------
-
-
-def full_image_box(size: tuple[int, int]) -> np.ndarray:
-    """The box of a whole (H, W) image, (0, 0, W, H) (``dlo_cables``'s promptless box)."""
-    h, w = size
-    return np.array([0, 0, w, h], dtype=np.float32)
-
-
-def clip_box(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``box`` clipped to an (H, W) image."""
-    h, w = size
-    return np.clip(np.asarray(box, dtype=np.float32), 0, [w, h, w, h]).astype(np.float32)
-
-
-def scale_box(box: np.ndarray, factor: float, size: tuple[int, int]) -> np.ndarray:
-    """``box`` scaled by ``factor`` about its centre, clipped to the (H, W) image (``mobilesam_boxes``)."""
-    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
-    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 * factor, (y2 - y1) / 2 * factor
-    return clip_box(np.array([cx - hw, cy - hh, cx + hw, cy + hh]), size)
-
-
-def jitter_box(
-    box: np.ndarray,
-    size: tuple[int, int],
-    rng: np.random.Generator,
-    fraction: float = 0.1,
-    max_px: float = 20.0,
-    distribution: Literal["normal", "uniform"] = "normal",
-) -> np.ndarray:
-    """``box`` with noise on each coordinate, as SAM trains with boxes.
-
-    ``normal`` (the SAM paper): offsets ~ N(0, (fraction x side)^2), clipped to +-``max_px``;
-    ``uniform`` (SAM 2's ``sample_box_points``): offsets ~ U(+-min(fraction x side, max_px)).
-    The side is the box's width for x and height for y. The result is clipped to the image
-    and kept ordered (x1 <= x2, y1 <= y2).
-    """
-    b = np.asarray(box, dtype=np.float64)
-    w, h = b[2] - b[0], b[3] - b[1]
-    spread = fraction * np.array([w, h, w, h])
-    if distribution == "normal":
-        noise = np.clip(rng.normal(0.0, 1.0, 4) * spread, -max_px, max_px)
-    elif distribution == "uniform":
-        noise = rng.uniform(-1.0, 1.0, 4) * np.minimum(spread, max_px)
-    else:
-        raise ValueError(f"jitter distribution must be 'normal' or 'uniform', got {distribution!r}")
-    out = b + noise
-    out = np.array([min(out[0], out[2]), min(out[1], out[3]), max(out[0], out[2]),
-                    max(out[1], out[3])])
-    return clip_box(out, size)
-
-
-# --- points ---------------------------------------------------------------------------------
-
-
-def center_point(mask: np.ndarray) -> np.ndarray:
-    """(x, y) of the mask pixel nearest the mean of the mask pixels: on the mask even for a
-    ring or a crescent (``finestsam_points``)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        raise ValueError("center_point: the mask is empty")
-    d = (xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2
-    i = int(np.argmin(d))
-    return np.array([xs[i], ys[i]], dtype=np.float32)
-
-
-def snap_to_grid(point: np.ndarray, size: tuple[int, int], n: int = 32) -> np.ndarray:
-    """The nearest point of the automatic generator's n x n grid ``(i + 0.5) / n * (W, H)``
-    (``finestsam_points``'s ``snap_to_grid``). The grid is separable, so each axis snaps on its own."""
-    h, w = size
-    out = []
-    for v, extent in ((point[0], w), (point[1], h)):
-        # the cell containing v: its centre is the nearest grid coordinate
-        i = np.clip(np.floor(v / extent * n), 0, n - 1)
-        out.append((i + 0.5) / n * extent)
-    return np.array(out, dtype=np.float32)
-
-
-def sample_points(
-    mask: np.ndarray,
-    box: np.ndarray,
-    positive: int,
-    negative: int,
-    rng: np.random.Generator,
-    use_center: bool = False,
-    snap: bool = False,
-    grid_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``positive`` points on the mask and ``negative`` points inside ``box`` but off the mask
-    (``finestsam_points``'s rules), drawn without replacement.
-
-    With ``use_center`` the first positive is :func:`center_point` (snapped to the grid with
-    ``snap``) and the others are drawn from the remaining mask pixels. When an object has too
-    few candidates (a rectangle has no negatives in its box), the missing points are padding
-    (label -1 at (0, 0)), which the model ignores, so every object has P = positive + negative.
-    Returns (P, 2) float32 xy and (P,) int64 labels.
-    """
-    h, w = mask.shape
-    x1, y1 = int(np.floor(max(box[0], 0))), int(np.floor(max(box[1], 0)))
-    x2, y2 = int(np.ceil(min(box[2], w))), int(np.ceil(min(box[3], h)))
-    region = np.zeros_like(mask, dtype=bool)
-    region[y1:y2, x1:x2] = True
-    pos_yx = np.argwhere(mask)
-    neg_yx = np.argwhere(region & ~mask)
-
-    points: list[np.ndarray] = []
-    labels: list[int] = []
-    n_pos = positive
-    if use_center and positive > 0 and len(pos_yx):
-        c = center_point(mask)
-        pos_yx = pos_yx[~((pos_yx[:, 0] == c[1]) & (pos_yx[:, 1] == c[0]))]
-        points.append(snap_to_grid(c, (h, w), grid_size) if snap else c)
-        labels.append(1)
-        n_pos -= 1
-    for candidates, n, label in ((pos_yx, n_pos, 1), (neg_yx, negative, 0)):
-        take = min(n, len(candidates))
-        if take:
-            chosen = candidates[rng.choice(len(candidates), size=take, replace=False)]
-            points.extend(chosen[:, ::-1].astype(np.float32))
-            labels.extend([label] * take)
-    pad = positive + negative - len(points)
-    points.extend([np.zeros(2, dtype=np.float32)] * pad)
-    labels.extend([PAD_LABEL] * pad)
-    return np.stack(points).astype(np.float32), np.asarray(labels, dtype=np.int64)
-
-
-def next_click(
-    pred_mask: np.ndarray,
-    gt_mask: np.ndarray,
-    rng: np.random.Generator,
-    mode: Literal["sample", "farthest"] = "sample",
-) -> tuple[np.ndarray, int]:
-    """The next corrective click for an interactive round: ((x, y), label).
-
-    Positive (1) in the false-negative region (object the prediction missed), negative (0) in
-    the false-positive region (what it wrongly covered).
-
-    - ``sample`` (SAM): a pixel drawn uniformly from the whole error region.
-    - ``farthest`` (SAM 2's error-centre click): the pixel farthest from the edge of its error
-      region (a distance transform, image border counting as edge), taken in whichever of the
-      two regions reaches farther inside; ties go to the first pixel in row-major order.
-
-    With no error, a positive click drawn uniformly from the ground truth (or, for an empty
-    ground truth, a negative one drawn from the whole image), so a round never stalls.
-    """
-    pred, gt = np.asarray(pred_mask, dtype=bool), np.asarray(gt_mask, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"next_click: pred_mask {pred.shape} and gt_mask {gt.shape} differ")
-    fn, fp = gt & ~pred, pred & ~gt
-    if not (fn.any() or fp.any()):
-        region, label = (gt, 1) if gt.any() else (np.ones_like(gt), 0)
-        return _uniform_pixel(region, rng), label
-    if mode == "sample":
-        error = fn | fp
-        point = _uniform_pixel(error, rng)
-        return point, int(fn[int(point[1]), int(point[0])])
-    if mode == "farthest":
-        dist_fn, dist_fp = inner_distance(fn), inner_distance(fp)
-        label = 1 if dist_fn.max() >= dist_fp.max() else 0
-        dist = dist_fn if label else dist_fp
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        return np.array([x, y], dtype=np.float32), label
-    raise ValueError(f"next_click: mode must be 'sample' or 'farthest', got {mode!r}")
-
-
-def _uniform_pixel(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    yx = np.argwhere(region)
-    y, x = yx[rng.integers(len(yx))]
-    return np.array([x, y], dtype=np.float32)
-
-
-def inner_distance(region: np.ndarray) -> np.ndarray:
-    """Distance of each region pixel to the nearest non-region pixel or image border."""
-    padded = np.pad(region, 1).astype(np.uint8)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-
 
 # --- mask inputs ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from samtune.files import write_json, write_png
-from samtune.infer.prompted import ObjectPrompt
+from samtune.prompts import ObjectPrompt
 from samtune.infer.rle import encode_coco_rle
 from samtune.infer.visualize import overlay
 
@@ -69,7 +69,7 @@ def write_image_outputs(
                             for k, m in enumerate(prediction.candidates[i])]
     prompts = prediction.prompts or []
     boxes = [p.box for p in prompts if p.box is not None]
-    points = [(pt, lab) for p in prompts if p.points is not None for pt, lab in zip(p.points, p.labels)]
+    points = [(pt, lab) for p in prompts if p.points is not None for pt, lab in zip(p.points, p.point_labels)]
     picture = overlay(
         prediction.image, prediction.masks, opacity,
         boxes=np.array(boxes) if boxes else None,

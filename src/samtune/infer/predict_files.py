@@ -21,7 +21,8 @@ from samtune.errors import SamtuneError
 from samtune.files import check_writable
 from samtune.infer.outputs import PREDICTIONS_FILE, CocoWriter, ImagePrediction, write_image_outputs
 from samtune.infer.predictor import Predictor
-from samtune.infer.prompted import ObjectPrompt, predict_objects
+from samtune.infer.prompted import predict_objects
+from samtune.prompts import ObjectPrompt
 
 
 @dataclass

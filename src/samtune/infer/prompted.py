@@ -1,9 +1,10 @@
 """Prompts for ``samtune predict``: from flags, a samtune JSON file or a COCO file, and the
 prompted prediction of one image.
 
-Every source produces, per image, a list of :class:`ObjectPrompt` in original image pixels.
-Objects of one image may mix structures (a box, points, a box with points);
-:func:`predict_objects` decodes each structure group in one batched call.
+Every source produces, per image, a list of :class:`~samtune.prompts.ObjectPrompt` in
+original image pixels. Objects of one image may mix structures (a box, points, a box with
+points); :func:`predict_objects` decodes each structure group
+(:func:`~samtune.prompts.group_by_structure`) in batched calls.
 
 The samtune prompt file maps image file names (relative to the input folder) to objects::
 
@@ -18,55 +19,14 @@ images by ``file_name``; its category ids go into the output.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
-
-
-@dataclass
-class ObjectPrompt:
-    """One object's prompts in original image pixels: a box (4,) xyxy and/or points (P, 2)
-    with labels (P,) (1 object, 0 background)."""
-
-    box: np.ndarray | None = None
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    category_id: int | None = None
-    category_name: str | None = None
-    image_id: int | None = None
-    """The id of its image in the COCO file it came from (predictions keep it)."""
-
-    @property
-    def structure(self) -> tuple[bool, int]:
-        return self.box is not None, 0 if self.points is None else len(self.points)
-
-    def check_inside(self, size: tuple[int, int], where: str) -> None:
-        """Refuse prompts outside the image: SAM would silently segment nonsense."""
-        h, w = size
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-                raise SamtuneError(f"{where}: box {_fmt(self.box)} is outside the image ({w}x{h})")
-        for p in [] if self.points is None else self.points:
-            if not (0 <= p[0] < w and 0 <= p[1] < h):
-                raise SamtuneError(f"{where}: point {_fmt(p)} is outside the image ({w}x{h})")
-
-    def to_json(self) -> dict:
-        out: dict = {}
-        if self.box is not None:
-            out["box"] = [float(v) for v in self.box]
-        if self.points is not None:
-            out["points"] = self.points.tolist()
-            out["labels"] = self.labels.tolist()
-        if self.category_id is not None:
-            out["category_id"] = self.category_id
-        return out
+from samtune.prompts import ObjectPrompt, group_by_structure
 
 
 def parse_flag_prompts(boxes: Sequence[str], points: Sequence[str]) -> list[ObjectPrompt]:
@@ -198,31 +158,36 @@ OBJECTS_PER_CALL = 64
 
 def predict_objects(
     predictor: Predictor, objects: Sequence[ObjectPrompt], multimask: bool = False,
-    chunk: int = OBJECTS_PER_CALL,
+    chunk: int = OBJECTS_PER_CALL, best: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Masks of the prompted objects on the predictor's current image.
 
     Returns (N, K, H, W) bool masks and (N, K) scores, K = 3 with ``multimask`` else 1, in the
-    order of ``objects``. Objects with the same structure go through the decoder together, up
-    to ``chunk`` at a time (memory beyond the output masks does not grow with the count).
+    order of ``objects``; with ``best``, K = 1: each object's candidate of highest predicted
+    IoU (SAM's rule for a single point). Objects with the same structure go through the
+    decoder together, up to ``chunk`` at a time (memory beyond the output masks does not grow
+    with the count). An object without any prompt is the prompt-free mask of the image.
     """
-    groups: dict[tuple[bool, int], list[int]] = defaultdict(list)
-    for i, obj in enumerate(objects):
-        groups[obj.structure].append(i)
     h, w = predictor.original_size
     k = 3 if multimask else 1
-    masks = np.zeros((len(objects), k, h, w), dtype=bool)
-    scores = np.zeros((len(objects), k), dtype=np.float32)
-    calls = [(key, index[i:i + chunk]) for key, index in groups.items()
+    kept = 1 if best else k
+    masks = np.zeros((len(objects), kept, h, w), dtype=bool)
+    scores = np.zeros((len(objects), kept), dtype=np.float32)
+    calls = [index[i:i + chunk] for index in group_by_structure(objects)
              for i in range(0, len(index), chunk)]
-    for (has_box, n_points), index in calls:
+    for index in calls:
         group = [objects[i] for i in index]
+        n_points, has_box, _ = group[0].structure
         m, s, _ = predictor.predict(
             point_coords=np.stack([o.points for o in group]) if n_points else None,
-            point_labels=np.stack([o.labels for o in group]) if n_points else None,
+            point_labels=np.stack([o.point_labels for o in group]) if n_points else None,
             box=np.stack([o.box for o in group]) if has_box else None,
             multimask_output=multimask,
         )
         m, s = m.reshape(len(group), k, h, w), s.reshape(len(group), k)
+        if best:
+            top = s.argmax(axis=1)
+            rows = np.arange(len(group))
+            m, s = m[rows, top][:, None], s[rows, top][:, None]
         masks[index], scores[index] = m, s
     return masks, scores

@@ -29,6 +29,7 @@ from samtune.errors import NonFiniteError, SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
 from samtune.models.lora import add_lora, component
+from samtune.prompts import correction_clicks
 from samtune.runs import load_base_model
 from samtune.train.cache import EmbeddingCache
 from samtune.train.callbacks import TRAINED_KEY
@@ -206,12 +207,14 @@ class FineTuneModule(L.LightningModule):
         return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
 
     def _correct(self, groups, batch: Batch, logits, iou, low, generator):
-        """Next round's prompts: each object's prompts plus one click from its error region,
+        """Next round's prompts: each object's prompts plus one click from its error region
+        (:func:`~samtune.prompts.correction_clicks`, ``prompts.click_mode``),
         and its chosen low-res logits (detached) as the mask prompt."""
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
         pred = logits[rows, best] > 0
-        clicks, labels = error_clicks(pred, batch.targets, self.valid_mask(batch), generator)
+        clicks, labels = correction_clicks(pred, batch.targets, self.valid_mask(batch), generator,
+                                           self.config.prompts.click_mode)
         previous = low[rows, best][:, None].detach()
         out = []
         for objects, p in groups:
@@ -412,20 +415,3 @@ class FineTuneModule(L.LightningModule):
                            "gamma": s.gamma}}[s.name]
         return build_scheduler(optimizer, s.name, total, **params)
 
-
-def error_clicks(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per object, drawn uniformly from its error region (SAM's rule), batched on
-    the device: ((N, 2) xy in model input pixels, (N,) labels: 1 where the object was missed,
-    0 where the prediction spilled). With no error, a positive click on the object."""
-    fn = target & ~pred & valid
-    fp = pred & ~target & valid
-    error = fn | fp
-    region = torch.where(error.flatten(1).any(1)[:, None, None], error, target & valid)
-    noise = torch.rand(region.shape, generator=generator, device=region.device)
-    flat = (noise * region).flatten(1).argmax(dim=1)
-    w = region.shape[-1]
-    ys, xs = flat // w, flat % w
-    labels = torch.where(fp.flatten(1)[torch.arange(len(flat)), flat], 0, 1)
-    return torch.stack([xs, ys], dim=1).float(), labels

@@ -35,7 +35,8 @@ from samtune.config.train import RunConfig
 from samtune.data.batch import Collator
 from samtune.data.datamodule import SamDataModule
 from samtune.data.mixing import open_dataset
-from samtune.data.prompts import PreviousLogitsStore, parse_prompt_kind
+from samtune.config.prompts import parse_prompt_kind
+from samtune.data.prompts import PreviousLogitsStore
 from samtune.errors import SamtuneError, SamtuneWarning
 from samtune.files import check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
