@@ -27,6 +27,8 @@ FORBIDDEN = {
     "samtune.metrics": {"samtune.train", "samtune.infer", "samtune.runs", "samtune.models"},
     "samtune.config": {"samtune.models", "samtune.data", "samtune.train", "samtune.infer",
                        "samtune.runs", "samtune.prompts"},
+    "samtune.schedules": {"samtune.models", "samtune.data", "samtune.train", "samtune.infer",
+                          "samtune.runs", "samtune.config", "samtune.prompts"},
     "samtune.prompts": {"samtune.models", "samtune.data", "samtune.train", "samtune.infer",
                         "samtune.runs", "samtune.cli", "samtune.demo"},
 }

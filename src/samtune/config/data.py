@@ -12,17 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from samtune.config.prompts import ColorJitterConfig
+from samtune.config.section import Section
 
 Format = Literal["auto", "folder", "coco", "labpics"]
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(Section):
     """One dataset: a folder (or a COCO json file) and how to read it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: Path
     """The dataset root: the folder that holds the splits, imgs/ + masks/, the COCO json, or
@@ -84,11 +83,9 @@ class SourceConfig(BaseModel):
         return self
 
 
-class CompositeConfig(BaseModel):
+class CompositeConfig(Section):
     """Cut each sample's objects out by their masks and paste them on a background image
     (``dlo_cables``). The defaults are ``dlo_cables``'s augmentation settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     bg_paths: list[Path] = Field(default_factory=list)
     """Background image folders, searched recursively. Empty: no compositing."""
@@ -112,11 +109,9 @@ class CompositeConfig(BaseModel):
     crop_p: float = Field(0.5, ge=0.0, le=1.0)
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """The dataset section: training sources (mixed when several), optional separate
     validation sources, optional compositing on backgrounds."""
-
-    model_config = ConfigDict(extra="forbid")
 
     train: list[SourceConfig] = Field(min_length=1)
     """Training sources. Their ``train`` split is used; one with no splits is cut by its

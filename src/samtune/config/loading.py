@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -97,25 +97,62 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
 
 
 def _explain(model: type[BaseModel], err: dict) -> str:
-    loc = [str(p) for p in err["loc"]]
+    loc, variant = _path(model, [str(p) for p in err["loc"]])
     where = ".".join(loc)
     if err["type"] == "extra_forbidden":
-        valid = _valid_keys(model, loc[:-1])
+        valid = _valid_keys(model, [str(p) for p in err["loc"]][:-1])
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         prefix = ".".join(loc[:-1] + close) if close else ""
-        hint = f"; did you mean '{prefix}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+        keys = ", ".join(sorted(valid))
+        hint = (f"; did you mean '{prefix}'?" if close else
+                f"; name {variant!r} takes {keys}" if variant else f"; valid keys here: {keys}")
         return f"unknown key '{where}'{hint}"
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx") or {}
+        return f"{where}.name: {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     return f"{where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else "")
 
 
+def _path(model: type[BaseModel], loc: list[str]) -> tuple[list[str], str | None]:
+    """An error location as the user wrote it: without the tags pydantic inserts after a
+    section that has variants (``train.schedule.cosine.power`` -> ``train.schedule.power``),
+    and the last such tag."""
+    out, variant, current = [], None, model
+    parts = iter(loc)
+    for part in parts:
+        out.append(part)
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            out.extend(parts)
+            break
+        variants = _variants(field)
+        if variants:
+            variant = next(parts, None)
+            current = variants.get(variant)
+        else:
+            current = _model_in(field.annotation)
+    return out, variant
+
+
+def _variants(field: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> model of a field that is a discriminated union (``train.schedule``), else {}."""
+    if not field.discriminator:
+        return {}
+    return {get_args(cls.model_fields[field.discriminator].annotation)[0]: cls
+            for cls in get_args(field.annotation)}
+
+
 def _valid_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """Field names (and aliases) of the sub-model at ``loc``."""
+    """Field names (and aliases) of the sub-model at ``loc`` (pydantic's location, with the
+    variant tags)."""
     current: Any = model
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return []
-        current = _model_in(field.annotation)
+        variants = _variants(field)
+        current = variants.get(next(parts, None)) if variants else _model_in(field.annotation)
         if current is None:
             return []
     fields = getattr(current, "model_fields", {})

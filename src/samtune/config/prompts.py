@@ -23,13 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from samtune.config.section import Section
 
 PROMPT_COMPONENTS = ("box", "full_box", "points", "mask", "logits", "none")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ def parse_prompt_kind(text: str, option: str = "prompts.mix") -> PromptKind:
 # --- augmentation -------------------------------------------------------------------------
 
 
-class ColorJitterConfig(_Section):
+class ColorJitterConfig(Section):
     """Photometric jitter of the image only (masks untouched), as ``v2.ColorJitter``: a number
     x means the range [1 - x, 1 + x] ([-x, x] for hue), a pair is the range itself."""
 
@@ -102,7 +100,7 @@ class ColorJitterConfig(_Section):
         return v
 
 
-class ResizedCropConfig(_Section):
+class ResizedCropConfig(Section):
     """A random crop resized back to the image's own size (``RandomResizedCrop``-like).
 
     The output keeps the input's height and width, since the model's preprocessing resizes
@@ -129,7 +127,7 @@ class ResizedCropConfig(_Section):
         return v
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Augmentations applied to image, masks and boxes together (training only)."""
 
     hflip: float = Field(0.0, ge=0, le=1)
@@ -154,7 +152,7 @@ class AugmentConfig(_Section):
 # --- prompts --------------------------------------------------------------------------------
 
 
-class BoxPromptConfig(_Section):
+class BoxPromptConfig(Section):
     """How the ``box`` kind turns an object's tight box into a prompt."""
 
     scale_factor: float = Field(1.0, gt=0)
@@ -169,7 +167,7 @@ class BoxPromptConfig(_Section):
     ``uniform``: within +-min(``jitter`` x side, ``jitter_max``) (SAM 2's ``sample_box_points``)."""
 
 
-class PointPromptConfig(_Section):
+class PointPromptConfig(Section):
     """How the ``points`` kind samples clicks (``finestsam_points``'s rules)."""
 
     positive: int = Field(1, ge=0)
@@ -191,7 +189,7 @@ class PointPromptConfig(_Section):
         return self
 
 
-class MaskPromptConfig(_Section):
+class MaskPromptConfig(Section):
     """How the ``mask`` and ``logits`` kinds fill the decoder's mask input."""
 
     logit: float = Field(10.0, gt=0)
@@ -213,7 +211,7 @@ class MaskPromptConfig(_Section):
         return v
 
 
-class PromptConfig(_Section):
+class PromptConfig(Section):
     """Which prompts each object gets during training and validation."""
 
     mix: dict[str, float] = Field(default_factory=lambda: {"box": 0.5, "points": 0.5})

@@ -6,13 +6,15 @@ example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from samtune.config.data import DataConfig
 from samtune.config.prompts import AugmentConfig, PromptConfig, validation_prompts
+from samtune.config.section import Section as _Section
 
 Group = Literal["image_encoder", "prompt_encoder", "mask_decoder"]
 
@@ -32,10 +34,6 @@ def _as_text(value: Any) -> Any:
 
 #: ``auto`` or ``off``; YAML's booleans (``off``, ``on``, ``false``, ``true``) read as those.
 AutoOff = Annotated[Literal["auto", "off"], BeforeValidator(_switch_word)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class LoraConfig(_Section):
@@ -69,42 +67,198 @@ class ModelConfig(_Section):
     lost a third of its held-out box IoU in 20 steps while its weights barely moved."""
 
 
-class OptimizerConfig(_Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+# --- optimizers and schedules: one variant per name, each with its fields and its build -----
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _variant(variants: Sequence[type[BaseModel]], default: str, legacy: dict[str, Any]):
+    """Before validation of a section whose ``name`` picks one of ``variants``: ``name``
+    defaults to ``default``; a key that another variant owns, at the value every run config
+    wrote out before the sections had variants (``legacy``), is dropped, so old run folders
+    read back. Any other key the variant lacks is refused (``power`` under ``cosine``)."""
+    by_name = {get_args(cls.model_fields["name"].annotation)[0]: cls for cls in variants}
+
+    def pick(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = {"name": default, **value}
+        cls = by_name.get(value["name"])
+        if cls is None:
+            return value  # the union names the valid ones
+        return {k: v for k, v in value.items() if k in cls.model_fields or k not in legacy
+                or _norm(v) != _norm(legacy[k])}
+
+    return BeforeValidator(pick)
+
+
+class _Optimizer(_Section):
+    name: str
+    """``adamw`` (default), ``adam`` or ``sgd``."""
     lr: float = Field(1e-4, gt=0)
     """Base learning rate (``lightning_coco_boxes``: 1e-4, ``mobilesam_boxes`` and ``labpics_sam2``: 2e-4, ``finestsam_points``: 4e-5)."""
     weight_decay: float = Field(1e-2, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = Field(0.9, ge=0)
-    """SGD only."""
     group_lr: dict[Group, float] = {}
     """Learning rate per parameter group, overriding ``lr`` (e.g. a smaller one for the
     image encoder in a full fine-tune)."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value (Lightning's gradient_clip_val)."""
 
+    def build(self, groups: list[dict[str, Any]]):
+        """The torch optimizer over parameter ``groups`` (each with its own ``lr``)."""
+        raise NotImplementedError
 
-class ScheduleConfig(_Section):
-    name: Literal["constant", "cosine", "cosine_restarts", "poly", "step", "plateau"] = "cosine"
-    """``cosine``: warmup then cosine to ``eta_min``; ``cosine_restarts``: ``labpics_sam2``'s periodic
-    cosine; ``poly``: ``dlo_cables``'s warmup then (1 - t/T)^power; ``step``: ``lightning_coco_boxes``'s warmup then x``gamma``
-    at ``milestones`` (fractions of training); ``plateau``: ``finestsam_points``'s ReduceLROnPlateau on
-    ``monitor``."""
+
+class AdamWConfig(_Optimizer):
+    name: Literal["adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def build(self, groups):
+        import torch
+
+        return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+
+
+class AdamConfig(_Optimizer):
+    name: Literal["adam"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def build(self, groups):
+        import torch
+
+        return torch.optim.Adam(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+
+
+class SGDConfig(_Optimizer):
+    name: Literal["sgd"] = "sgd"
+    momentum: float = Field(0.9, ge=0)
+
+    def build(self, groups):
+        import torch
+
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+
+_OPTIMIZERS = (AdamWConfig, AdamConfig, SGDConfig)
+#: ``train.optimizer``: ``name`` (adamw, adam, sgd; default adamw) picks the variant
+OptimizerConfig = Annotated[AdamWConfig | AdamConfig | SGDConfig, Field(discriminator="name"),
+                            _variant(_OPTIMIZERS, "adamw",
+                                     {"betas": (0.9, 0.999), "momentum": 0.9})]
+
+
+class _Schedule(_Section):
+    """A learning-rate schedule (:mod:`samtune.schedules`)."""
+
+    def build(self, optimizer, total_steps: int) -> dict[str, Any]:
+        """Lightning's ``lr_scheduler`` entry for ``optimizer`` over ``total_steps``
+        optimizer steps."""
+        from samtune.schedules import build_scheduler
+
+        return build_scheduler(optimizer, self.name, total_steps, **self.schedule_params(total_steps))
+
+    def schedule_params(self, total_steps: int) -> dict[str, Any]:
+        return {"warmup_steps": self.warmup_steps}
+
+
+class ConstantSchedule(_Schedule):
+    """The base rate after an optional linear warmup."""
+
+    name: Literal["constant"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class CosineSchedule(_Schedule):
+    """Warmup, then half a cosine down to ``eta_min`` at the last step."""
+
+    name: Literal["cosine"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     eta_min: float = Field(0.0, ge=0)
-    """Final (cosine) or floor learning rate, absolute."""
+    """Final learning rate, absolute."""
+
+    def schedule_params(self, total_steps):
+        return {"warmup_steps": self.warmup_steps, "eta_min": self.eta_min}
+
+
+class CosineRestartsSchedule(_Schedule):
+    """``labpics_sam2``'s periodic cosine: cycles from the base rate down to ``eta_min``."""
+
+    name: Literal["cosine_restarts"] = "cosine_restarts"
+    warmup_steps: int = Field(0, ge=0)
+    eta_min: float = Field(0.0, ge=0)
+    """Floor learning rate, absolute."""
     period: int | None = Field(None, ge=1)
-    """cosine_restarts: steps per cycle (default: a tenth of training)."""
+    """Steps per cycle (default: a tenth of training)."""
+
+    def schedule_params(self, total_steps):
+        return {"warmup_steps": self.warmup_steps, "eta_min": self.eta_min,
+                "period": self.period or max(1, total_steps // 10)}
+
+
+class PolySchedule(_Schedule):
+    """``dlo_cables``'s warmup, then (1 - t/T)^``power`` down to ``eta_min``."""
+
+    name: Literal["poly"] = "poly"
+    warmup_steps: int = Field(0, ge=0)
+    eta_min: float = Field(0.0, ge=0)
+    """Final learning rate, absolute."""
     power: float = Field(0.9, gt=0)
+
+    def schedule_params(self, total_steps):
+        return {"warmup_steps": self.warmup_steps, "eta_min": self.eta_min, "power": self.power}
+
+
+class StepSchedule(_Schedule):
+    """``lightning_coco_boxes``'s warmup, then x``gamma`` at each of the ``milestones``."""
+
+    name: Literal["step"] = "step"
+    warmup_steps: int = Field(0, ge=0)
     milestones: list[float] = [0.66667, 0.86666]
+    """Fractions of training."""
     gamma: float = Field(0.1, gt=0)
+
+    def schedule_params(self, total_steps):
+        return {"warmup_steps": self.warmup_steps, "milestones": tuple(self.milestones),
+                "gamma": self.gamma}
+
+
+class PlateauSchedule(_Schedule):
+    """``finestsam_points``'s ReduceLROnPlateau on ``monitor`` (no warmup)."""
+
+    name: Literal["plateau"] = "plateau"
     monitor: str = "val/iou"
-    """plateau: the metric watched (mode follows the name: losses go down, the rest up)."""
+    """The metric watched (mode follows the name: losses go down, the rest up)."""
     factor: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(10, ge=0)
     threshold: float = Field(1e-4, ge=0)
     cooldown: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0)
+
+    def build(self, optimizer, total_steps):
+        from samtune.schedules import build_scheduler
+
+        return build_scheduler(optimizer, "plateau", total_steps, monitor=self.monitor,
+                               mode="min" if "loss" in self.monitor else "max",
+                               factor=self.factor, patience=self.patience,
+                               threshold=self.threshold, cooldown=self.cooldown,
+                               min_lr=self.min_lr)
+
+
+_SCHEDULES = (ConstantSchedule, CosineSchedule, CosineRestartsSchedule, PolySchedule,
+              StepSchedule, PlateauSchedule)
+#: ``train.schedule``: ``name`` picks the variant (default cosine): ``constant``, ``cosine``,
+#: ``cosine_restarts``, ``poly``, ``step``, ``plateau``; each takes only its own fields
+ScheduleConfig = Annotated[
+    ConstantSchedule | CosineSchedule | CosineRestartsSchedule | PolySchedule | StepSchedule
+    | PlateauSchedule,
+    Field(discriminator="name"),
+    _variant(_SCHEDULES, "cosine", {
+        "warmup_steps": 0, "eta_min": 0.0, "period": None, "power": 0.9,
+        "milestones": [0.66667, 0.86666], "gamma": 0.1, "monitor": "val/iou", "factor": 0.1,
+        "patience": 10, "threshold": 1e-4, "cooldown": 0, "min_lr": 0.0}),
+]
 
 
 class LossConfig(_Section):
@@ -178,8 +332,8 @@ class TrainConfig(_Section):
     """Extra decoder passes per step, each adding a click from the previous error region
     (``prompts.click_mode``) and feeding the previous logits back as the mask prompt (SAM /
     SAM 2 training)."""
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    optimizer: OptimizerConfig = AdamWConfig()
+    schedule: ScheduleConfig = CosineSchedule()
     loss: LossConfig = LossConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     early_stopping: EarlyStoppingConfig | None = None

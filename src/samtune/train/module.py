@@ -36,7 +36,6 @@ from samtune.train.callbacks import TRAINED_KEY
 from samtune.train.losses import SegmentationLoss
 from samtune.metrics import MaskMetrics
 from samtune.train.prompt_reach import kinds_drawn, prompt_reach
-from samtune.train.schedules import build_scheduler
 
 GROUPS = ("image_encoder", "prompt_encoder", "mask_decoder")
 #: What ``val/<name>`` logs, from :class:`MaskMetrics`' ``compute()``.
@@ -391,27 +390,6 @@ class FineTuneModule(L.LightningModule):
             trainable = [p for p in params.values() if p.requires_grad]
             if trainable:
                 groups.append({"params": trainable, "lr": opt.group_lr.get(name, opt.lr), "name": name})
-        if opt.name == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-        elif opt.name == "adam":
-            optimizer = torch.optim.Adam(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
-        return {"optimizer": optimizer, "lr_scheduler": self._scheduler(optimizer, total_steps)}
-
-    def _scheduler(self, optimizer, total: int):
-        s = self.config.train.schedule
-        if s.name == "plateau":
-            mode = "min" if "loss" in s.monitor else "max"
-            return build_scheduler(optimizer, "plateau", total, monitor=s.monitor, mode=mode,
-                                   factor=s.factor, patience=s.patience, threshold=s.threshold,
-                                   cooldown=s.cooldown, min_lr=s.min_lr)
-        params = {"constant": {"warmup_steps": s.warmup_steps},
-                  "cosine": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min},
-                  "cosine_restarts": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min,
-                                      "period": s.period or max(1, total // 10)},
-                  "poly": {"warmup_steps": s.warmup_steps, "eta_min": s.eta_min, "power": s.power},
-                  "step": {"warmup_steps": s.warmup_steps, "milestones": tuple(s.milestones),
-                           "gamma": s.gamma}}[s.name]
-        return build_scheduler(optimizer, s.name, total, **params)
-
+        optimizer = opt.build(groups)
+        return {"optimizer": optimizer,
+                "lr_scheduler": self.config.train.schedule.build(optimizer, total_steps)}

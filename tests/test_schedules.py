@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LambdaLR, ReduceLROnPlateau
 
-from samtune.train.schedules import (
+from samtune.schedules import (
     Constant,
     CosineRestarts,
     WarmupCosine,
