@@ -239,3 +239,20 @@ def test_sam2_decoder_fine_tune_keeps_the_encoder_projections_frozen():
     assert not any(p.requires_grad for p in groups["image_encoder"].values())
     assert any("conv_s0" in n for n in groups["image_encoder"])
     assert all(p.requires_grad for p in groups["mask_decoder"].values())
+
+
+def test_the_training_loss_is_normalised_by_the_objects_of_every_process(make_config, monkeypatch):
+    """Under DDP the loss divides by the all-reduced mean object count (SAM 2's trainer): here
+    a second process with three times the objects halves this one's loss; alone, the loss
+    divides by its own objects as before."""
+    config = make_config("model.freeze=[image_encoder]")
+    module = FineTuneModule(config)
+    batch, _ = first_batch(module, config)
+    alone = module._step(batch, "train")[0]
+    assert module._step(batch, "val")[0].item() == pytest.approx(alone.item())
+    n = batch.num_objects
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(3 * n))
+    shared = module._step(batch, "train")[0]
+    assert shared.item() == pytest.approx(alone.item() / 2, rel=1e-5)

@@ -242,9 +242,12 @@ class FineTuneModule(L.LightningModule):
         outputs = self.forward_objects(batch, features, generator, rounds)
         low_res = stage == "train" and self.config.train.loss_resolution == "low_res"
         targets, loss_valid = (self.low_res_targets(batch, valid) if low_res else (batch.targets, valid))
+        num_masks = (objects_across_processes(batch.num_objects, self.device)
+                     if stage == "train" else None)
         total, parts = 0.0, {}
         for logits, iou, low in outputs:
-            out = self.loss(low if low_res else logits, targets, iou, valid=loss_valid)
+            out = self.loss(low if low_res else logits, targets, iou, valid=loss_valid,
+                            num_masks=num_masks)
             total = total + out.total / len(outputs)
             for k, v in out.parts.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(outputs)
@@ -393,3 +396,15 @@ class FineTuneModule(L.LightningModule):
         optimizer = opt.build(groups)
         return {"optimizer": optimizer,
                 "lr_scheduler": self.config.train.schedule.build(optimizer, total_steps)}
+
+
+def objects_across_processes(n: int, device: torch.device | str) -> torch.Tensor:
+    """The mean object count per process, all-reduced under DDP (``n`` alone otherwise), at
+    least 1: the loss of each process is its objects' sum divided by it, as SAM 2's trainer
+    normalises, so DDP's gradient average weighs every object of the global batch alike
+    whatever the count on each process."""
+    count = torch.tensor(float(n), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count = count / torch.distributed.get_world_size()
+    return count.clamp_min(1.0)
