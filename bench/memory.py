@@ -63,10 +63,10 @@ def measure_metrics(n: int, chunked: bool) -> float:
 def measure_predict(n: int, chunked: bool) -> float:
     import numpy as np
 
+    from samtune import load_model
     from samtune.infer.predictor import Predictor
     from samtune.infer.prompted import predict_objects
     from samtune.prompts import ObjectPrompt
-    from samtune.models import load_model
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)

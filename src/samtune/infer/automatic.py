@@ -195,7 +195,7 @@ class AutomaticMaskGenerator:
                             ("crop_overlap_ratio", crop_overlap_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
-        if use_m2m and model.family != "sam2":
+        if use_m2m and not model.everything.mask_to_mask:
             raise SamtuneError(f"use_m2m is SAM 2's mask-to-mask refinement; {model.spec.name} "
                                f"({model.family}) has no such step in its official generator: "
                                "leave use_m2m off")
@@ -413,7 +413,7 @@ class AutomaticMaskGenerator:
             return []
         areas = masks.areas()
         # the official types: SAM 2's generator gives float boxes, SAM's integer ones
-        number = float if self.model.family == "sam2" else int
+        number = float if self.model.everything.float_boxes else int
         boxes = [[number(v) for v in b] for b in xyxy_to_xywh(kept.boxes).tolist()]
         crop_xywh = [[number(v) for v in xyxy_to_xywh(torch.tensor(c.box)).tolist()] for c in crops]
         crop_index, point = kept.crop.tolist(), kept.point.tolist()

@@ -34,10 +34,14 @@ class SegmentEverything:
     ``regions_at_low_res``: ``min_mask_region_area`` cleans every candidate's low-res logits
     (SAM 2: holes and sprinkles, as its predictor's ``max_hole_area``) instead of the final
     masks followed by a second box NMS (SAM).
+    ``mask_to_mask``: the official generator has the ``use_m2m`` refinement (SAM 2).
+    ``float_boxes``: the records' ``bbox`` and ``crop_box`` are floats (SAM 2), not integers.
     """
 
     pred_iou_thresh: float = 0.88
     regions_at_low_res: bool = False
+    mask_to_mask: bool = False
+    float_boxes: bool = False
 
 
 @dataclass

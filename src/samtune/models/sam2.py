@@ -98,7 +98,8 @@ class Sam2Adapter(Adapter):
 
     family = "sam2"
     specs = SAM2_SPECS
-    everything = SegmentEverything(pred_iou_thresh=0.8, regions_at_low_res=True)
+    everything = SegmentEverything(pred_iou_thresh=0.8, regions_at_low_res=True,
+                                   mask_to_mask=True, float_boxes=True)
     group_prefixes = {
         "image_encoder": (
             "image_encoder.", "no_mem_embed", "sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.",
