@@ -315,25 +315,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Adapter
     return restore_adapter(state, path).to(device)
 
 
-def load_base_model(
-    name: str,
-    checkpoint: str | Path | None = None,
-    seed: int | None = None,
-    device: str | torch.device = "cpu",
-) -> Adapter:
-    """The model a run starts from: ``load_model(name, checkpoint)`` with its random init
-    (everything, for the tiny variants; nothing once a checkpoint is loaded) drawn under
-    ``torch.manual_seed(seed)``. The global random state is left as it was, so the same
-    ``seed`` always rebuilds the same base, before training or long after it."""
-    return seeded(seed, lambda: load_model(name, checkpoint, device))
-
-
 def base_model(run: str | Path | RunConfig, device: str | torch.device = "cpu") -> Adapter:
-    """The model a run started from (its name and base checkpoint; for a random-init base,
-    the same random init, drawn under the run's seed as training draws it)."""
+    """The model a run starts from: ``load_model(name, checkpoint)`` of its config (a base
+    checkpoint may be another run's training checkpoint) with its random init (everything,
+    for the tiny variants; nothing once a checkpoint is loaded) drawn under the run's seed.
+    The global random state is left as it was, so the same run always rebuilds the same base,
+    before training or long after it."""
     config = run if isinstance(run, RunConfig) else run_config_of(Path(run))
-    return load_base_model(config.model.name, config.model.checkpoint, seed=config.seed,
-                           device=device)
+    m = config.model
+    return seeded(config.seed, lambda: load_model(m.name, m.checkpoint, device))
 
 
 def load_model(

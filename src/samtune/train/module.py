@@ -30,7 +30,7 @@ from samtune.models.adapter import Adapter, Features, Prompts
 from samtune.models.fast import apply_fast_options
 from samtune.models.lora import add_lora, component
 from samtune.prompts import correction_clicks
-from samtune.runs import load_base_model
+from samtune.runs import base_model
 from samtune.train.cache import EmbeddingCache
 from samtune.train.callbacks import TRAINED_KEY
 from samtune.train.losses import SegmentationLoss
@@ -52,8 +52,7 @@ class FineTuneModule(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         # Random parts drawn under the run's seed: ``samtune.runs.base_model`` rebuilds them.
-        self.adapter = adapter if adapter is not None else load_base_model(
-            config.model.name, config.model.checkpoint, seed=config.seed)
+        self.adapter = adapter if adapter is not None else base_model(config)
         self._configure_trainable()
         train = config.train  # after LoRA, which the fused attention calls through
         apply_fast_options(self.adapter, train.fused_attention, train.gradient_checkpointing,
