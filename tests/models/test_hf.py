@@ -135,7 +135,7 @@ def test_a_transformers_sam2_loads_and_predicts_the_same_masks(tmp_path):
 @pytest.mark.parametrize("name, cls", [("sam_tiny", "SamModel"), ("sam2_tiny", "Sam2Model")])
 def test_samtune_export_loads_in_from_pretrained_and_agrees(tmp_path, name, cls):
     adapter = load_base_model(name, seed=4)
-    save_hf(adapter.model, adapter.spec.family, tmp_path / "hf")
+    save_hf(adapter, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == [cls]
     hf_model, info = getattr(transformers, cls).from_pretrained(tmp_path / "hf", output_loading_info=True)
@@ -181,7 +181,7 @@ def test_full_size_keys_and_shapes_match_transformers(name, config_cls, model_cl
 
 def test_every_key_is_accounted_for(tmp_path):
     adapter = load_base_model("sam_tiny", seed=0)
-    save_hf(adapter.model, "sam", tmp_path / "hf")
+    save_hf(adapter, tmp_path / "hf")
     weights = tmp_path / "hf" / "model.safetensors"
     tensors = load_file(str(weights))
     save_file({**tensors, "mask_decoder.hq_token.weight": torch.zeros(1, 32)}, str(weights))
@@ -200,7 +200,7 @@ def test_every_key_is_accounted_for(tmp_path):
 def test_mobile_sam_has_no_transformers_layout(tmp_path):
     adapter = load_base_model("mobile_sam_tiny", seed=0)
     with pytest.raises(CheckpointError, match="no transformers layout"):
-        save_hf(adapter.model, "mobile_sam", tmp_path / "hf")
+        save_hf(adapter, tmp_path / "hf")
 
 
 def test_memory_prefixes_cover_every_sam2_key_outside_the_image_path():
@@ -212,7 +212,7 @@ def test_memory_prefixes_cover_every_sam2_key_outside_the_image_path():
 @pytest.mark.parametrize("name, cls", [("sam_tiny", "SamProcessor"), ("sam2_tiny", "Sam2Processor")])
 def test_the_exported_processor_preprocesses_as_samtune(tmp_path, name, cls):
     adapter = load_base_model(name, seed=0)
-    save_hf(adapter.model, adapter.spec.family, tmp_path / "hf")
+    save_hf(adapter, tmp_path / "hf")
     processor = getattr(transformers, cls).from_pretrained(tmp_path / "hf")
     pixels = processor(images=IMAGE, return_tensors="pt")["pixel_values"]
     ours = adapter.preprocess([IMAGE]).images
@@ -224,7 +224,7 @@ def test_the_exported_processor_preprocesses_as_samtune(tmp_path, name, cls):
 
 def test_a_named_model_takes_an_hf_folder_as_its_checkpoint(tmp_path):
     adapter = load_base_model("sam_tiny", seed=6)
-    save_hf(adapter.model, "sam", tmp_path / "hf")
+    save_hf(adapter, tmp_path / "hf")
     named = load_model("sam_tiny", checkpoint=tmp_path / "hf")
     for k, v in adapter.model.state_dict().items():
         assert torch.equal(named.model.state_dict()[k], v), k

@@ -4,20 +4,31 @@ PyTorch adapter, for every family, with dynamic numbers of objects and points.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from samtune.models.adapter import Prompts
-from samtune.models.load import load_base_model
+from samtune.models.load import build_adapter, load_base_model
+from samtune.models.registry import get_spec
 from samtune.models.onnx_export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
 IMAGE = np.random.default_rng(1).integers(0, 256, (180, 240, 3), dtype=np.uint8)
-#: every family; MobileSAM's TinyViT is LiteMedSAM's too, so its tiny variant runs outside CI
-FAMILIES = ["sam_tiny", pytest.param("mobile_sam_tiny", marks=pytest.mark.slow), "sam2_tiny", "litemedsam"]
+#: every family, and MedSAM's square resize (SAM's code, no padding to crop); MobileSAM's
+#: TinyViT is LiteMedSAM's too, so its tiny variant runs outside CI
+FAMILIES = ["sam_tiny", "medsam_tiny", pytest.param("mobile_sam_tiny", marks=pytest.mark.slow),
+            "sam2_tiny", "litemedsam"]
+
+
+def _base(name: str):
+    if name == "medsam_tiny":  # MedSAM's preprocessing on SAM's tiny widths
+        sam = load_base_model("sam_tiny", seed=5).model
+        return build_adapter(replace(get_spec("sam_tiny"), preprocessing="medsam"), sam)
+    return load_base_model(name, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +37,7 @@ def exported(tmp_path_factory):
 
     def get(name):
         if name not in made:
-            adapter = load_base_model(name, seed=5)
+            adapter = _base(name)
             paths = export_onnx(adapter, tmp_path_factory.mktemp(name))
             made[name] = (adapter, [ort.InferenceSession(str(p)) for p in paths[:2]], paths)
         return made[name]
@@ -44,7 +55,7 @@ def _onnx_prompts(adapter, boxes, points, labels):
     if boxes is not None:
         coords.append(boxes.reshape(-1, 2, 2))
         codes.append(torch.tensor([[2.0, 3.0]]).expand(len(boxes), 2))
-    if boxes is None or adapter.spec.family == "sam2":
+    if boxes is None or adapter.always_pads_points:
         n = len(coords[0])
         coords.append(torch.zeros(n, 1, 2))
         codes.append(-torch.ones(n, 1))

@@ -185,6 +185,13 @@ class Adapter(nn.Module, ABC):
     unreached_prefixes: tuple[str, ...] = ()
     #: the official predictor clamps the low-res logits it returns to this range (SAM 2)
     output_logit_clamp: float | None = None
+    #: the prompt encoder appends a padding point to every object's points (SAM 2, which takes
+    #: box corners as points), not only to objects without a box (SAM): what an ONNX caller
+    #: must do
+    always_pads_points: bool = False
+    #: the transformers ``model_type`` whose layout holds this family's weights (``sam``:
+    #: ``SamModel``, ``sam2``: ``Sam2Model``); ``None``: transformers has no such model
+    hf_layout: str | None = None
 
     # --- the family: what samtune knows about its models, in one place --------------------
     #: the model names of the family, as the registry lists them
@@ -235,9 +242,9 @@ class Adapter(nn.Module, ABC):
         when the official code already calls ``scaled_dot_product_attention``."""
         return {}
 
+    @abstractmethod
     def encoder_blocks(self) -> list[nn.Module]:
         """The repeated blocks of the image encoder (gradient checkpointing's unit)."""
-        raise NotImplementedError(f"{type(self).__name__} does not list its encoder blocks")
 
     def compiled_modules(self) -> dict[str, nn.Module]:
         """The submodules ``compile_model`` compiles: the image encoder and the part of the
@@ -295,6 +302,21 @@ class Adapter(nn.Module, ABC):
 
         ``features`` holds the encoded batch (one row per image); ``prompts.image_index``
         picks each object's row.
+        """
+
+    @property
+    @abstractmethod
+    def prompt_encoder(self) -> nn.Module:
+        """The official prompt encoder module (SAM's ``PromptEncoder`` class in every family)."""
+
+    @abstractmethod
+    def decode_all_tokens(
+        self, features: Features, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 4, h, w) logits and (N, 4) IoU of every mask token for N objects, one
+        ``features`` row and one row of prompt embeddings each: token 0 is what
+        ``multimask_output=False`` returns (with the family's own fallback), 1-3 the
+        multimask outputs. The ONNX decoder returns it whole, so one graph serves both modes.
         """
 
     @abstractmethod

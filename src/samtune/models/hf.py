@@ -34,11 +34,15 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from samtune.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from samtune.models.adapter import Adapter
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -236,9 +240,9 @@ def _rename_mlp(items: list[tuple[str, re.Match]], new_prefix: str, to_hf: bool)
     return out
 
 
-def _names(keys: list[str], family: str, to_hf: bool, source: str) -> dict[str, str]:
-    """old key -> new key for a whole state dict of ``family``."""
-    if family == "sam":
+def _names(keys: list[str], layout: str, to_hf: bool, source: str) -> dict[str, str]:
+    """old key -> new key for a whole state dict of ``layout``."""
+    if layout == "sam":
         return _rename(keys, SAM_RULES, to_hf, source)
     down = [k for k in keys if k.startswith(_DOWNSAMPLER)]  # same prefix in both layouts
     rest = [k for k in keys if not k.startswith(_DOWNSAMPLER)]
@@ -296,7 +300,7 @@ def hf_to_official(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> d
     matrix must agree (official SAM has one). SAM 2's memory modules are not in such a file.
     """
     sd = dict(sd)
-    family = hf_family(sd)
+    layout = hf_family(sd)
     copies = [sd.pop(k) for k in _SHARED if k in sd]
     if not copies:
         raise CheckpointError(f"{source}: no {_SHARED[0]} (the prompt encoder's positional matrix)")
@@ -305,7 +309,7 @@ def hf_to_official(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> d
                               "has one positional matrix for both, so this model has no "
                               "official form")
     sd[_SHARED[1]] = copies[0]
-    if family == "sam2":
+    if layout == "sam2":
         stacked = sd.pop(_POINT_EMBED_SAM2, None)
         if stacked is None:
             raise CheckpointError(f"{source}: no {_POINT_EMBED_SAM2}")
@@ -313,27 +317,26 @@ def hf_to_official(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> d
                   for i, row in enumerate(stacked)}
     else:
         points = {}
-    names = _names(list(sd), family, False, source)
+    names = _names(list(sd), layout, False, source)
     out = {names[k]: v for k, v in sd.items()}
     out.update(points)
     return out
 
 
-def official_to_hf(sd: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def official_to_hf(sd: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     """An official SAM / SAM 2 state dict under transformers' names (SAM 2 with its memory
     modules, as transformers' hub checkpoints hold them: ``Sam2Model`` skips those). Both
     copies of the positional matrix are written."""
-    if family not in ("sam", "sam2"):
-        raise CheckpointError(f"transformers has SAM (ViT) and SAM 2 (Hiera) models only; a "
-                              f"{family} model has no transformers layout")
+    if layout not in ("sam", "sam2"):
+        raise ValueError(f"unknown transformers layout {layout!r}: sam or sam2")
     sd = dict(sd)
-    if family == "sam2":
+    if layout == "sam2":
         rows = sorted((int(k.split(".")[2]), k) for k in sd
                       if k.startswith("sam_prompt_encoder.point_embeddings."))
         points = torch.cat([sd.pop(k) for _, k in rows], dim=0)
-    names = _names(list(sd), family, True, family)
+    names = _names(list(sd), layout, True, layout)
     out = {names[k]: v for k, v in sd.items()}
-    if family == "sam2":
+    if layout == "sam2":
         out[_POINT_EMBED_SAM2] = points
     out[_SHARED[0]] = out[_SHARED[1]].clone()
     return out
@@ -388,19 +391,24 @@ def image_path_only(sd: dict[str, torch.Tensor]) -> bool:
             and not any(k.startswith(SAM2_MEMORY_PREFIXES) for k in sd))
 
 
-def save_hf(model: nn.Module, family: str, output: Path) -> tuple[Path, Path, Path]:
+def save_hf(adapter: Adapter, output: Path) -> tuple[Path, Path, Path]:
     """Write ``config.json`` and ``model.safetensors`` for ``SamModel.from_pretrained`` /
-    ``Sam2Model.from_pretrained``, and ``preprocessor_config.json`` for the matching
-    processor (each file atomically; float32, contiguous copies)."""
+    ``Sam2Model.from_pretrained`` (the adapter's ``hf_layout``), and
+    ``preprocessor_config.json`` for the matching processor (each file atomically; float32,
+    contiguous copies)."""
     from safetensors.torch import save_file
 
     from samtune.files import atomic_path, write_json
 
-    config = hf_config(model, family)
-    processor = hf_preprocessor_config(model, family)
+    layout, model = adapter.hf_layout, adapter.model
+    if layout is None:
+        raise CheckpointError(f"transformers has SAM (ViT) and SAM 2 (Hiera) models only; a "
+                              f"{adapter.family} model has no transformers layout")
+    config = hf_config(model, layout)
+    processor = hf_preprocessor_config(model, layout)
     tensors = {k: v.detach().to("cpu").float().contiguous().clone() if v.is_floating_point()
                else v.detach().to("cpu").contiguous().clone()
-               for k, v in official_to_hf(model.state_dict(), family).items()}
+               for k, v in official_to_hf(model.state_dict(), layout).items()}
     output.mkdir(parents=True, exist_ok=True)
     weights = output / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
@@ -410,12 +418,12 @@ def save_hf(model: nn.Module, family: str, output: Path) -> tuple[Path, Path, Pa
     return output / CONFIG_FILE, weights, output / PREPROCESSOR_FILE
 
 
-def hf_preprocessor_config(model: nn.Module, family: str) -> dict:
+def hf_preprocessor_config(model: nn.Module, layout: str) -> dict:
     """``preprocessor_config.json`` for ``SamProcessor`` / ``Sam2Processor.from_pretrained``:
-    the family's resize, 0..1 rescale and mean/std at the model's own input size."""
+    the layout's resize, 0..1 rescale and mean/std at the model's own input size."""
     common = {"do_convert_rgb": True, "do_resize": True, "resample": 2, "do_rescale": True,
               "rescale_factor": 1 / 255, "do_normalize": True}
-    if family == "sam":
+    if layout == "sam":
         size = model.image_encoder.img_size
         mask = model.prompt_encoder.mask_input_size[0]
         return {
@@ -436,15 +444,14 @@ def hf_preprocessor_config(model: nn.Module, family: str) -> dict:
 
 
 # --- config.json ------------------------------------------------------------------------------
-def hf_config(model: nn.Module, family: str) -> dict:
+def hf_config(model: nn.Module, layout: str) -> dict:
     """The ``config.json`` of ``SamConfig`` / ``Sam2Config`` that rebuilds ``model``'s
     architecture in transformers (read from the official module's own sizes)."""
-    if family == "sam":
+    if layout == "sam":
         return _sam_config(model)
-    if family == "sam2":
+    if layout == "sam2":
         return _sam2_config(model)
-    raise CheckpointError(f"transformers has SAM (ViT) and SAM 2 (Hiera) models only; a "
-                          f"{family} model has no transformers layout")
+    raise ValueError(f"unknown transformers layout {layout!r}: sam or sam2")
 
 
 def _prompt_config(pe: nn.Module) -> dict:

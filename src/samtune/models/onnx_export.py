@@ -40,20 +40,12 @@ from torch import nn
 
 from samtune.errors import SamtuneError
 from samtune.files import atomic_path, write_json
-from samtune.models.adapter import Adapter
-from samtune.models.sam import decode_sam_tokens
+from samtune.models.adapter import Adapter, Features
 
 OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 MANIFEST_FILE = "onnx.json"
-
-
-def _parts(adapter: Adapter) -> tuple[nn.Module, nn.Module]:
-    m = adapter.model
-    if adapter.spec.family == "sam2":
-        return m.sam_prompt_encoder, m.sam_mask_decoder
-    return m.prompt_encoder, m.mask_decoder
 
 
 class EncoderGraph(nn.Module):
@@ -74,18 +66,20 @@ class DecoderGraph(nn.Module):
     The prompt embedding repeats the official ``_embed_points`` with labels as data (the
     official code indexes by label, which does not trace to a dynamic number of points); box
     corners are points with labels 2 and 3, as the official box embedding adds
-    ``point_embeddings[2]`` / ``[3]`` to the corners' positional encodings.
+    ``point_embeddings[2]`` / ``[3]`` to the corners' positional encodings. The decoding is
+    the adapter's own (:meth:`~samtune.models.adapter.Adapter.decode_all_tokens`), the sizing
+    to the original image its preprocessing's (crop the padding or not).
     """
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter, high_res_levels: int) -> None:
         super().__init__()
-        self.family = adapter.spec.family
-        self.prompt_encoder, self.mask_decoder = _parts(adapter)
+        self.adapter = adapter
+        self.high_res_levels = high_res_levels
+        self.pads = adapter.preprocessor.pads
         self.image_size = adapter.image_size
-        self.register_buffer("dense_pe", self.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pe = self.prompt_encoder
+        pe = self.adapter.prompt_encoder
         coords = (coords + 0.5) / self.image_size
         embedding = pe.pe_layer._pe_encoding(coords)
         labels = labels[..., None]
@@ -96,42 +90,28 @@ class DecoderGraph(nn.Module):
         return embedding
 
     def _embed_masks(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        pe = self.prompt_encoder
+        pe = self.adapter.prompt_encoder
         masked = pe.mask_downscaling(mask_input) * has_mask_input
         return masked + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
     def _upscale(self, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
-        if self.family == "sam2":  # square resize: straight to the original size
-            size = orig_im_size.to(torch.int64)
-            return F.interpolate(low_res, size=(size[0], size[1]), mode="bilinear", align_corners=False)
-        s = self.image_size
-        masks = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
-        prepadded = torch.floor(orig_im_size * (s / torch.max(orig_im_size)) + 0.5).to(torch.int64)
-        masks = masks[..., : prepadded[0], : prepadded[1]]
         size = orig_im_size.to(torch.int64)
-        return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
+        if self.pads:  # the content's corner of the padded input, as the adapter's postprocess
+            s = self.image_size
+            low_res = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+            prepadded = torch.floor(orig_im_size * (s / torch.max(orig_im_size)) + 0.5).to(torch.int64)
+            low_res = low_res[..., : prepadded[0], : prepadded[1]]
+        return F.interpolate(low_res, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
     def forward(self, image_embeddings, *inputs):
-        if self.family == "sam2":
-            high_0, high_1, point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs
-        else:
-            point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs
+        high_res = inputs[: self.high_res_levels]
+        point_coords, point_labels, mask_input, has_mask_input, orig_im_size = inputs[self.high_res_levels:]
         n = point_coords.shape[0]
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input).expand(n, -1, -1, -1)
-        embed = image_embeddings.expand(n, -1, -1, -1)
-        if self.family == "sam2":
-            dec = self.mask_decoder
-            masks, iou, _, _ = dec.predict_masks(
-                image_embeddings=embed, image_pe=self.dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, repeat_image=False,
-                high_res_features=[high_0.expand(n, -1, -1, -1), high_1.expand(n, -1, -1, -1)])
-            if dec.dynamic_multimask_via_stability:
-                single, single_iou = dec._dynamic_multimask_via_stability(masks, iou)
-                masks = torch.cat([single, masks[:, 1:]], dim=1)
-                iou = torch.cat([single_iou, iou[:, 1:]], dim=1)
-        else:
-            masks, iou = decode_sam_tokens(self.mask_decoder, embed, self.dense_pe, sparse, dense)
+        features = Features(image_embeddings.expand(n, -1, -1, -1),
+                            tuple(t.expand(n, -1, -1, -1) for t in high_res))
+        masks, iou = self.adapter.decode_all_tokens(features, sparse, dense)
         return self._upscale(masks, orig_im_size), iou, masks
 
 
@@ -159,10 +139,10 @@ def export_onnx(adapter: Adapter, output: str | Path) -> list[Path]:
     CPU, eval mode; each file atomically)."""
     output = Path(output)
     adapter = adapter.to("cpu").float().eval()
-    encoder_outputs = ["image_embeddings"] + (
-        ["high_res_feats_0", "high_res_feats_1"] if adapter.spec.family == "sam2" else [])
     image = torch.zeros(1, 3, adapter.image_size, adapter.image_size)
     decoder_inputs = example_inputs(adapter)
+    high_res = [name for name in decoder_inputs if name.startswith("high_res_feats_")]
+    encoder_outputs = ["image_embeddings", *high_res]
     objects = {0: "objects"}
     dynamic = {"point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
                "mask_input": objects, "masks": {0: "objects", 2: "height", 3: "width"},
@@ -172,7 +152,7 @@ def export_onnx(adapter: Adapter, output: str | Path) -> list[Path]:
     with torch.no_grad():
         # wrappers in eval mode: the exporter restores the wrapper's mode on the whole model
         _export(EncoderGraph(adapter).eval(), (image,), paths[0], ["image"], encoder_outputs, None)
-        _export(DecoderGraph(adapter).eval(), tuple(decoder_inputs.values()), paths[1],
+        _export(DecoderGraph(adapter, len(high_res)).eval(), tuple(decoder_inputs.values()), paths[1],
                 list(decoder_inputs), ["masks", "iou_predictions", "low_res_masks"], dynamic)
     write_json(paths[2], onnx_manifest(adapter, encoder_outputs, list(decoder_inputs)))
     return paths
@@ -195,7 +175,7 @@ def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
 def onnx_manifest(adapter: Adapter, encoder_outputs: list[str], decoder_inputs: list[str]) -> dict:
     """What a runtime without samtune needs: sizes, names, and the preprocessing."""
     pre = adapter.preprocessor
-    family = adapter.spec.family
+    padding = "always" if adapter.always_pads_points else "when the object has no box"
     return {
         "format": "samtune-onnx/1",
         "model": adapter.spec.name,
@@ -206,28 +186,6 @@ def onnx_manifest(adapter: Adapter, encoder_outputs: list[str], decoder_inputs: 
         "encoder": {"inputs": ["image"], "outputs": encoder_outputs},
         "decoder": {"inputs": decoder_inputs, "outputs": ["masks", "iou_predictions", "low_res_masks"],
                     "mask_outputs": "0: single mask (multimask_output=False); 1-3: multimask"},
-        "preprocess": {"mean": list(pre.mean), "std": list(pre.std), **_PREPROCESS[family]},
+        "preprocess": {"mean": list(pre.mean), "std": list(pre.std), **pre.recipe,
+                       "padding_point": padding},
     }
-
-
-#: How each family's image and prompts reach the model (the numpy recipe is in the README).
-_PREPROCESS = {
-    "sam": {
-        "resize": "longest side to image_size, PIL bilinear on uint8",
-        "scale": "none: mean/std on the 0..255 scale", "pad": "bottom/right with 0 after normalizing",
-        "coords": "x, y times new_size / old_size of the resize", "padding_point": "when the object has no box",
-    },
-    "sam2": {
-        "resize": "square image_size x image_size, bilinear with antialiasing (aspect not kept)",
-        "scale": "1/255 before the resize", "pad": "none",
-        "coords": "x * image_size / width, y * image_size / height", "padding_point": "always",
-    },
-    "litemedsam": {
-        "resize": "longest side to image_size, cv2.INTER_AREA on uint8",
-        "scale": "(x - min) / (max - min) over the whole resized image; mean 0, std 1",
-        "pad": "bottom/right with 0 after scaling",
-        "coords": "x, y times image_size / max(height, width); box corners truncated to integers",
-        "padding_point": "when the object has no box",
-    },
-}
-_PREPROCESS["mobile_sam"] = _PREPROCESS["sam"]

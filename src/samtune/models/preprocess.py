@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -40,6 +41,13 @@ class Preprocessor(ABC):
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    #: the image keeps its aspect in the top-left of the SxS input and the rest is padding, so
+    #: low-res logits are cropped to :meth:`input_size` before they are sized to the original
+    #: (else the input is the whole image, stretched, and logits go straight to the original)
+    pads: ClassVar[bool] = True
+    #: the same operations in words, for a runtime without samtune (the ONNX manifest)
+    recipe: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -103,6 +111,12 @@ class Preprocessor(ABC):
 
 
 class ResizeLongestSide(Preprocessor):
+    recipe = {
+        "resize": "longest side to image_size, PIL bilinear on uint8",
+        "scale": "none: mean/std on the 0..255 scale", "pad": "bottom/right with 0 after normalizing",
+        "coords": "x, y times new_size / old_size of the resize",
+    }
+
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         return resize_longest_side_shape(*original_size, self.size)
 
@@ -126,6 +140,13 @@ class ResizeLongestSide(Preprocessor):
 
 
 class SquareResize(Preprocessor):
+    pads = False
+    recipe = {
+        "resize": "square image_size x image_size, bilinear with antialiasing (aspect not kept)",
+        "scale": "1/255 before the resize", "pad": "none",
+        "coords": "x * image_size / width, y * image_size / height",
+    }
+
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         return self.size, self.size
 
@@ -169,6 +190,13 @@ class ResizeLongestSideMinMax(Preprocessor):
     authors' script, the pipeline the published checkpoint was evaluated with.
     """
 
+    recipe = {
+        "resize": "longest side to image_size, cv2.INTER_AREA on uint8",
+        "scale": "(x - min) / (max - min) over the whole resized image; mean 0, std 1",
+        "pad": "bottom/right with 0 after scaling",
+        "coords": "x, y times image_size / max(height, width); box corners truncated to integers",
+    }
+
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         return resize_longest_side_shape(*original_size, self.size)
 
@@ -211,6 +239,15 @@ class MedSamResize(Preprocessor):
     ``Sam.preprocess``, so no pixel mean/std). Boxes are scaled by S / W and S / H.
     ``mean``/``std`` are 0 and 1: the normalization is the min-max itself.
     """
+
+    pads = False
+    recipe = {
+        "resize": "square image_size x image_size, skimage.transform.resize order 3 with "
+                  "anti_aliasing and preserve_range, cast to uint8 (aspect not kept)",
+        "scale": "(x - min) / (max - min) over the whole resized image; mean 0, std 1",
+        "pad": "none",
+        "coords": "x * image_size / width, y * image_size / height",
+    }
 
     def __init__(self, size: int) -> None:
         super().__init__(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

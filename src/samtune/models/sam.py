@@ -150,6 +150,7 @@ class SamAdapter(Adapter):
 
     family = "sam"
     specs = SAM_SPECS
+    hf_layout = "sam"
     group_prefixes = {
         "image_encoder": ("image_encoder.",),
         "prompt_encoder": ("prompt_encoder.",),
@@ -228,6 +229,14 @@ class SamAdapter(Adapter):
             sparse, dense, multimask_output,
         )
 
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.model.prompt_encoder
+
+    def decode_all_tokens(self, features, sparse, dense):
+        return decode_sam_tokens(self.model.mask_decoder, features.image_embed,
+                                 self.model.prompt_encoder.get_dense_pe(), sparse, dense)
+
     def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         points = None if prompts.points is None else (prompts.points, prompts.point_labels)
         sparse, dense = self.model.prompt_encoder(
@@ -241,7 +250,7 @@ class SamAdapter(Adapter):
     def postprocess(
         self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:
-        if self.spec.preprocessing == "medsam":
+        if not self.preprocessor.pads:  # MedSAM: the input is the whole image, stretched
             return F.interpolate(low_res, original_size, mode="bilinear", align_corners=False)
         size = self.image_size
         masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
@@ -253,6 +262,7 @@ class MobileSamAdapter(SamAdapter):
     """MobileSAM: SAM's layout and steps with a TinyViT encoder (``mobile_sam``'s classes)."""
 
     family = "mobile_sam"
+    hf_layout = None  # transformers has no TinyViT SAM
     #: TinyViT's ImageNet classifier (``norm_head``, ``head``): SAM uses only its neck
     unreached_prefixes = ("image_encoder.norm_head.", "image_encoder.head.")
     specs = MOBILE_SAM_SPECS

@@ -108,6 +108,8 @@ class Sam2Adapter(Adapter):
         "mask_decoder": ("sam_mask_decoder.",),
     }
     output_logit_clamp = 32.0
+    always_pads_points = True
+    hf_layout = "sam2"
     #: the object-score head: the image predictor discards its output, and so does ``decode``
     unreached_prefixes = ("sam_mask_decoder.pred_obj_score_head.",)
 
@@ -221,6 +223,24 @@ class Sam2Adapter(Adapter):
             high_res_features=list(selected.high_res),
         )
         return masks, iou_pred
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.model.sam_prompt_encoder
+
+    def decode_all_tokens(self, features, sparse, dense):
+        """``predict_masks`` returns every token; the single-mask token is then replaced by
+        the stability fallback, as ``SAM2MaskDecoder.forward`` does for one mask."""
+        dec = self.model.sam_mask_decoder
+        masks, iou, _, _ = dec.predict_masks(
+            image_embeddings=features.image_embed, image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=False,
+            high_res_features=list(features.high_res))
+        if dec.dynamic_multimask_via_stability:
+            single, single_iou = dec._dynamic_multimask_via_stability(masks, iou)
+            masks = torch.cat([single, masks[:, 1:]], dim=1)
+            iou = torch.cat([single_iou, iou[:, 1:]], dim=1)
+        return masks, iou
 
     def postprocess(
         self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

@@ -57,7 +57,7 @@ def export_run_format(
     if format == "hf":
         from samtune.models.hf import save_hf
 
-        files = list(save_hf(adapter.model, adapter.spec.family, out))
+        files = list(save_hf(adapter, out))
     elif format == "onnx":
         from samtune.models.onnx_export import export_onnx
 
