@@ -6,6 +6,7 @@ example files in ``configs/`` spell them out (``configs/r3_vit_b_boxes.yaml`` is
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -106,9 +107,9 @@ class _Optimizer(_Section):
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value (Lightning's gradient_clip_val)."""
 
+    @abstractmethod
     def build(self, groups: list[dict[str, Any]]):
         """The torch optimizer over parameter ``groups`` (each with its own ``lr``)."""
-        raise NotImplementedError
 
 
 class AdamWConfig(_Optimizer):
