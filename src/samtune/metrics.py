@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from samtune.memory import release_freed_memory
+
 #: per-mask metric names, in the order :func:`mask_metrics` returns them
 METRIC_NAMES = ("iou", "dice", "pixel_accuracy", "precision", "recall", "boundary_f1")
 MICRO_NAMES = ("accuracy", "precision", "recall", "iou")
@@ -205,15 +207,24 @@ def _chunked_values(
 ) -> tuple[Counts, dict[str, torch.Tensor]]:
     """Counts and metric values of ``(N, H, W)`` masks, computed a chunk of objects at a time
     (:func:`object_chunks`) and joined: the same numbers in bounded memory."""
-    parts = []
-    for rows in object_chunks(pred.shape[0], *pred.shape[-2:]):
+    n = pred.shape[0]
+    # the results are allocated before the first chunk and filled in place (small tensors
+    # kept per chunk would sit between the chunks' large temporaries on the heap), and the
+    # freed heap goes back after each chunk: peak memory is one chunk's (samtune.memory)
+    counts = Counts(*(torch.empty(n, dtype=torch.long, device=pred.device) for _ in range(4)))
+    values = {name: torch.empty(n, device=pred.device) for name in METRIC_NAMES}
+    chunks = object_chunks(n, *pred.shape[-2:])
+    for rows in chunks:
         v = valid[rows] if valid is not None and valid.dim() == pred.dim() else valid
-        counts = confusion_counts(pred[rows], target[rows], v)
-        parts.append((counts, _values(counts, pred[rows], target[rows], v, boundary_tolerance,
-                                      empty, boundary_empty)))
-    counts = Counts(*(torch.cat([getattr(c, k) for c, _ in parts])
-                      for k in ("tp", "fp", "fn", "tn")))
-    values = {k: torch.cat([v[k] for _, v in parts]) for k in parts[0][1]}
+        part = confusion_counts(pred[rows], target[rows], v)
+        for name in ("tp", "fp", "fn", "tn"):
+            getattr(counts, name)[rows] = getattr(part, name)
+        for name, value in _values(part, pred[rows], target[rows], v, boundary_tolerance,
+                                   empty, boundary_empty).items():
+            values[name][rows] = value
+        del part
+        if len(chunks) > 1:
+            release_freed_memory()
     return counts, values
 
 

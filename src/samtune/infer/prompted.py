@@ -26,6 +26,7 @@ import numpy as np
 
 from samtune.errors import SamtuneError
 from samtune.infer.predictor import Predictor
+from samtune.memory import release_freed_memory
 from samtune.prompts import ObjectPrompt, group_by_structure
 
 
@@ -190,4 +191,6 @@ def predict_objects(
             rows = np.arange(len(group))
             m, s = m[rows, top][:, None], s[rows, top][:, None]
         masks[index], scores[index] = m, s
+        if len(calls) > 1:
+            release_freed_memory()
     return masks, scores
