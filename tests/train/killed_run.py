@@ -5,7 +5,9 @@
 - ``write``: half-way through writing ``last.ckpt`` at global step STEP (the temporary file
   holds part of the bytes, as when a kill lands during ``torch.save``);
 - ``validation``: inside the first validation batch at global step STEP;
-- ``train``: inside the training step that starts at global step STEP.
+- ``train``: inside the training step that starts at global step STEP;
+- ``logged``: right after the checkpoints at the end of the batch that made global step STEP,
+  before Lightning writes that step's row to ``metrics.csv``.
 """
 
 import os
@@ -40,6 +42,15 @@ def main(config: str, moment: str, step: int) -> None:
             original(self, checkpoint, path, storage_options)
 
         callbacks.RunCheckpointIO.save_checkpoint = save
+    elif moment == "logged":
+        original = callbacks.LastCheckpoint.on_train_batch_end
+
+        def saved_then_die(self, trainer, *args):
+            original(self, trainer, *args)
+            if trainer.global_step == step:
+                die()
+
+        callbacks.LastCheckpoint.on_train_batch_end = saved_then_die
     else:
         name = "validation_step" if moment == "validation" else "training_step"
         original = getattr(module.FineTuneModule, name)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from samtune.cli import app
 from samtune.config.loading import to_yaml
+from samtune.errors import SamtuneWarning
 from samtune.files import is_temporary
 from samtune.train.run import train
 
@@ -90,6 +91,23 @@ def test_kill_during_a_checkpoint_write_resumes_to_the_same_run(make_config, tmp
     assert any(is_temporary(p) for p in ckpts.iterdir())  # the write the kill interrupted
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 2  # never half
     resume(run)
+    assert_same_run(run, uninterrupted)
+
+
+def test_kill_between_a_checkpoint_and_its_log_row_keeps_the_history_whole(make_config, tmp_path,
+                                                                           uninterrupted):
+    """Killed after the step-4 checkpoints (periodic and last.ckpt) were saved but before that
+    step's metrics.csv row: the resume starts from the step-3 checkpoint instead (the row of
+    step 4 is logged again) and removes the two it does not trust."""
+    run = killed_run(make_config, tmp_path, "logged", 4)
+    ckpts = run / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 4
+    # the row of the fourth step (logged as step 3) was still to come
+    assert [r["step"] for r in csv_rows(run) if "train/loss" in r] == ["0", "1", "2"]
+    with pytest.warns(SamtuneWarning, match="saved just before its step's row") as seen:
+        resume(run)
+    assert {Path(str(w.message).split(":")[0]).name for w in seen
+            if "saved just before" in str(w.message)} == {"last.ckpt", "periodic-step=4.ckpt"}
     assert_same_run(run, uninterrupted)
 
 

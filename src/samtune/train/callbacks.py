@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from samtune.data.prompts import PreviousLogitsStore
 from samtune.files import atomic_path
@@ -38,6 +38,10 @@ from samtune.train.cache import EmbeddingCache, fill_cache, keep_cache_in_memory
 TRAINED_KEY = "samtune_trained_tensors"
 #: where the training module keeps the official module's tensors in its state dict
 MODEL_PREFIX = "adapter.model."
+
+
+#: the checkpoint entry :class:`LastCheckpoint` writes for :func:`logged_through`
+LOG_STATE_KEY = "samtune_log"
 
 
 def trained_tensors_path(checkpoint: str | Path) -> Path:
@@ -108,10 +112,24 @@ class LastCheckpoint(Checkpoint):
     callbacks last, in their order): the file holds their state after this step's save.
     """
 
-    def __init__(self, path: Path, every_n_steps: int | None = None) -> None:
+    def __init__(self, path: Path, every_n_steps: int | None = None,
+                 metrics_file: Path | None = None) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
+        self.metrics_file = metrics_file
         self._step_seen: int | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Every checkpoint of the fit (this one's, the best and periodic ones) records how
+        far ``metrics.csv`` was written: a save at the end of a training batch comes before
+        Lightning writes that step's row, so a resume must know whether the row followed
+        (:func:`logged_through`)."""
+        if self.metrics_file is None:
+            return
+        size = self.metrics_file.stat().st_size if self.metrics_file.is_file() else 0
+        checkpoint[LOG_STATE_KEY] = {"row_pending": trainer.state.stage == RunningStage.TRAINING,
+                                     "csv_bytes": size}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step_seen = trainer.global_step
@@ -127,6 +145,16 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             save_resumable(trainer, self.path)
+
+
+def logged_through(checkpoint: dict[str, Any], metrics_file: Path) -> bool:
+    """Whether ``metrics.csv`` holds every row up to a checkpoint's step: a checkpoint saved
+    at the end of a training batch is complete only once the file grew after it (the step's
+    row comes next); a kill between the two would otherwise lose that row for good."""
+    state = checkpoint.get(LOG_STATE_KEY)
+    if not state or not state.get("row_pending"):
+        return True
+    return metrics_file.is_file() and metrics_file.stat().st_size > state["csv_bytes"]
 
 
 def write_trained_tensors(checkpoint: dict[str, Any], names: Sequence[str], path: Path) -> None:

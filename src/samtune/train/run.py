@@ -41,7 +41,7 @@ from samtune.errors import SamtuneError, SamtuneWarning
 from samtune.files import check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
 from samtune.notices import notify
-from samtune.runs import load_checkpoint_file, resume_candidates
+from samtune.runs import load_checkpoint_file, remove_checkpoint_files, resume_candidates
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
 from samtune.train.callbacks import (
     EmbeddingCacheFiller,
@@ -49,6 +49,7 @@ from samtune.train.callbacks import (
     PreviousLogits,
     RunCheckpoint,
     RunCheckpointIO,
+    logged_through,
     save_resumable,
 )
 from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
@@ -206,6 +207,13 @@ def resume_point(run_dir: Path) -> Path | None:
         raise SamtuneError(f"{run_dir}: not a run folder (no config.yaml)")
     ckpt_dir = run_dir / "checkpoints"
     found = resume_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
+    metrics_file = run_dir / "logs" / METRICS_FILE
+    while found and not logged_through(load_checkpoint_file(found[0]), metrics_file):
+        stale = found.pop(0)  # its step is redone from an earlier one, row and all
+        warnings.warn(f"{stale}: saved just before its step's row of {metrics_file.name}, "
+                      "which the stop cut off; resuming from the checkpoint before it, so the "
+                      "history stays whole", SamtuneWarning, stacklevel=2)
+        remove_checkpoint_files(stale)
     if found and checkpoint_step(found[0]) > 0:
         return found[0]
     damaged = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
@@ -248,7 +256,8 @@ def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = (
         e = t.early_stopping
         callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
                                        min_delta=e.min_delta))
-    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps))
+    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps,
+                                    run_dir / "logs" / METRICS_FILE))
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     loggers = [TensorBoardLogger(run_dir, name="logs", version=""), RunCSVLogger(run_dir)]
