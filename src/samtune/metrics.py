@@ -222,7 +222,6 @@ def _chunked_values(
         for name, value in _values(part, pred[rows], target[rows], v, boundary_tolerance,
                                    empty, boundary_empty).items():
             values[name][rows] = value
-        del part
         if len(chunks) > 1:
             release_freed_memory()
     return counts, values

@@ -69,9 +69,6 @@ def import_tiny_vit_package(module: str) -> None:
         importlib.import_module(module)
 
 
-def import_mobile_sam() -> None:
-    import_tiny_vit_package("mobile_sam.modeling")
-
 
 def _prompt_and_decoder(modeling, image_size: int, embed_dim: int, patch: int = 16):
     """The prompt encoder and mask decoder at a reduced width, as in ``_build_sam``."""
@@ -116,7 +113,7 @@ def _tiny_vit_class():
     everything else in it already follows ``img_size``. This subclass changes only that
     reshape, so a 256-input TinyViT runs through the official code otherwise unchanged.
     """
-    import_mobile_sam()
+    import_tiny_vit_package("mobile_sam.modeling")
     from mobile_sam.modeling import TinyViT
 
     class AnySizeTinyViT(TinyViT):
@@ -132,7 +129,7 @@ def _tiny_vit_class():
 
 
 def _build_tiny_mobile_sam() -> nn.Module:
-    import_mobile_sam()
+    import_tiny_vit_package("mobile_sam.modeling")
     from mobile_sam import modeling
 
     encoder = _tiny_vit_class()(
@@ -229,19 +226,35 @@ class SamAdapter(Adapter):
         self, features: Features, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse, dense = self.embed_prompts(prompts)
-        embed = features.image_embed[prompts.image_index]
-        return _decode_sam_batched(
-            self.model.mask_decoder, embed, self.model.prompt_encoder.get_dense_pe(),
-            sparse, dense, multimask_output,
-        )
+        masks, iou = self.decode_all_tokens(features.select(prompts.image_index), sparse, dense)
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, keep], iou[:, keep]
 
     @property
     def prompt_encoder(self) -> nn.Module:
         return self.model.prompt_encoder
 
     def decode_all_tokens(self, features, sparse, dense):
-        return decode_sam_tokens(self.model.mask_decoder, features.image_embed,
-                                 self.model.prompt_encoder.get_dense_pe(), sparse, dense)
+        """SAM's ``MaskDecoder.predict_masks`` with one image embedding row per object: the
+        official decoder takes one image and repeats its embedding for every prompt; here each
+        object carries its own image's row, so objects of several images go through the
+        decoder's own submodules in one call. Same operations otherwise."""
+        decoder = self.model.mask_decoder
+        n = sparse.shape[0]
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+        src = features.image_embed + dense
+        pos_src = self.model.prompt_encoder.get_dense_pe().expand(n, -1, -1, -1)
+        b, c, h, w = src.shape
+        hs, src = decoder.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+        upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :])
+                                for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return masks, decoder.iou_prediction_head(iou_token_out)
 
     def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         points = None if prompts.points is None else (prompts.points, prompts.point_labels)
@@ -277,7 +290,7 @@ class MobileSamAdapter(SamAdapter):
     def build(cls, spec: ModelSpec) -> nn.Module:
         if spec.encoder == "tiny_vit_tiny":
             return _build_tiny_mobile_sam()
-        import_mobile_sam()
+        import_tiny_vit_package("mobile_sam.modeling")
         from mobile_sam import sam_model_registry
 
         return sam_model_registry["vit_t"]()
@@ -301,58 +314,10 @@ class MobileSamAdapter(SamAdapter):
     def fused_attention_classes(cls) -> dict[type, type]:
         from samtune.models.fast import tiny_vit_fused_classes
 
-        import_mobile_sam()
+        import_tiny_vit_package("mobile_sam.modeling")
         return tiny_vit_fused_classes("mobile_sam.modeling.tiny_vit_sam",
                                       "mobile_sam.modeling.transformer", "Mobile")
 
     def encoder_blocks(self) -> list[nn.Module]:
         """TinyViT's ``layers[*].blocks`` (MBConv and TinyViT blocks)."""
         return [block for layer in self.model.image_encoder.layers for block in layer.blocks]
-
-
-def _decode_sam_batched(
-    decoder: nn.Module,
-    image_embeddings: torch.Tensor,
-    image_pe: torch.Tensor,
-    sparse: torch.Tensor,
-    dense: torch.Tensor,
-    multimask_output: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's ``MaskDecoder.predict_masks`` with one image embedding row per object.
-
-    The official decoder takes a single image and repeats its embedding for every prompt;
-    here each object already carries its own image's embedding, so objects from several
-    images go through the decoder's own submodules in one call. Same operations otherwise.
-    """
-    masks, iou_pred = decode_sam_tokens(decoder, image_embeddings, image_pe, sparse, dense)
-    keep = slice(1, None) if multimask_output else slice(0, 1)
-    return masks[:, keep], iou_pred[:, keep]
-
-
-def decode_sam_tokens(
-    decoder: nn.Module,
-    image_embeddings: torch.Tensor,
-    image_pe: torch.Tensor,
-    sparse: torch.Tensor,
-    dense: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every mask token's logits and IoU (token 0: single mask, 1-3: multimask), one image
-    embedding row per object (what :func:`_decode_sam_batched` selects from, and the ONNX
-    decoder returns whole)."""
-    n = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
-    src = image_embeddings + dense
-    pos_src = image_pe.expand(n, -1, -1, -1)
-    b, c, h, w = src.shape
-    hs, src = decoder.transformer(src, pos_src, tokens)
-    iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack(
-        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-        dim=1,
-    )
-    b, c, h, w = upscaled.shape
-    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    return masks, decoder.iou_prediction_head(iou_token_out)

@@ -112,8 +112,7 @@ class LastCheckpoint(Checkpoint):
     callbacks last, in their order): the file holds their state after this step's save.
     """
 
-    def __init__(self, path: Path, every_n_steps: int | None = None,
-                 metrics_file: Path | None = None) -> None:
+    def __init__(self, path: Path, metrics_file: Path, every_n_steps: int | None = None) -> None:
         self.path = path
         self.every_n_steps = every_n_steps
         self.metrics_file = metrics_file
@@ -125,8 +124,6 @@ class LastCheckpoint(Checkpoint):
         far ``metrics.csv`` was written: a save at the end of a training batch comes before
         Lightning writes that step's row, so a resume must know whether the row followed
         (:func:`logged_through`)."""
-        if self.metrics_file is None:
-            return
         size = self.metrics_file.stat().st_size if self.metrics_file.is_file() else 0
         checkpoint[LOG_STATE_KEY] = {"row_pending": trainer.state.stage == RunningStage.TRAINING,
                                      "csv_bytes": size}

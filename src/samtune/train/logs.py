@@ -22,6 +22,11 @@ from samtune.files import atomic_path
 METRICS_FILE = "metrics.csv"
 
 
+def metrics_path(run_dir: Path) -> Path:
+    """A run's ``logs/metrics.csv``, where :class:`RunCSVLogger` writes it."""
+    return Path(run_dir) / "logs" / METRICS_FILE
+
+
 class _AppendingWriter(ExperimentWriter):
     """Lightning's writer, minus deleting the file it finds: it continues that file's columns."""
 

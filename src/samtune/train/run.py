@@ -52,7 +52,7 @@ from samtune.train.callbacks import (
     logged_through,
     save_resumable,
 )
-from samtune.train.logs import METRICS_FILE, RunCSVLogger, keep_rows_before
+from samtune.train.logs import RunCSVLogger, keep_rows_before, metrics_path
 from samtune.train.module import FineTuneModule
 from samtune.train.preflight import preflight
 from samtune.train.progress import StepProgressBar
@@ -97,7 +97,7 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     has_val = val_summary.objects > 0
     module = FineTuneModule(config).train()
     write_text(run_dir / "config.yaml", to_yaml(config))
-    csv_file = run_dir / "logs" / METRICS_FILE
+    csv_file = metrics_path(run_dir)
     if start is None:  # a fresh history: rows of an attempt that saved nothing are redone
         csv_file.unlink(missing_ok=True)
     else:
@@ -207,15 +207,18 @@ def resume_point(run_dir: Path) -> Path | None:
         raise SamtuneError(f"{run_dir}: not a run folder (no config.yaml)")
     ckpt_dir = run_dir / "checkpoints"
     found = resume_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
-    metrics_file = run_dir / "logs" / METRICS_FILE
-    while found and not logged_through(load_checkpoint_file(found[0]), metrics_file):
+    metrics_file = metrics_path(run_dir)
+    while found:
+        state = load_checkpoint_file(found[0])
+        if logged_through(state, metrics_file):
+            if int(state.get("global_step", 0)) > 0:
+                return found[0]
+            break
         stale = found.pop(0)  # its step is redone from an earlier one, row and all
         warnings.warn(f"{stale}: saved just before its step's row of {metrics_file.name}, "
                       "which the stop cut off; resuming from the checkpoint before it, so the "
                       "history stays whole", SamtuneWarning, stacklevel=2)
         remove_checkpoint_files(stale)
-    if found and checkpoint_step(found[0]) > 0:
-        return found[0]
     damaged = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if damaged and not found:
         raise SamtuneError(f"{ckpt_dir}: no complete checkpoint to resume from "
@@ -256,8 +259,8 @@ def build_trainer(config: RunConfig, has_val: bool, varying: tuple[str, ...] = (
         e = t.early_stopping
         callbacks.append(EarlyStopping(monitor=e.monitor, mode=e.mode, patience=e.patience,
                                        min_delta=e.min_delta))
-    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", t.checkpoint.every_n_steps,
-                                    run_dir / "logs" / METRICS_FILE))
+    callbacks.append(LastCheckpoint(ckpt_dir / "last.ckpt", metrics_path(run_dir),
+                                    t.checkpoint.every_n_steps))
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     loggers = [TensorBoardLogger(run_dir, name="logs", version=""), RunCSVLogger(run_dir)]
