@@ -39,6 +39,12 @@ from samtune.errors import CheckpointError, SamtuneError, SamtuneWarning
 from samtune.files import is_temporary, write_text
 from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import check_finite, load_tensors_file, sha256_of
+from samtune.models.class_head import (
+    CLASS_HEAD_FILE,
+    attach_class_head,
+    load_class_head,
+    restore_categories,
+)
 from samtune.models.hf import is_hf_folder
 from samtune.models.load import build_adapter, load_weights, seeded
 from samtune.models.lora import add_lora, merge_lora
@@ -146,6 +152,19 @@ def load_training_state(adapter: Adapter, state: dict, source: Path, config: Run
     adapter.load_state_dict(sd, strict=True)
 
 
+def saved_categories(state: dict) -> dict[int, str] | None:
+    """The class head's categories a training checkpoint records; None without a head."""
+    return restore_categories((state.get("hyper_parameters") or {}).get("categories"))
+
+
+def attach_saved_head(adapter: Adapter, state: dict) -> None:
+    """Give ``adapter`` the (untrained) class head a training checkpoint has, if it has one,
+    so that the checkpoint's tensors load strictly."""
+    categories = saved_categories(state)
+    if categories is not None:
+        attach_class_head(adapter, categories)
+
+
 def restore_adapter(state: dict, source: Path, expect: str | None = None) -> Adapter:
     """The fine-tuned model of a training checkpoint, LoRA merged, as a plain adapter that
     runs the official forwards (the base weights are not read: the checkpoint holds every
@@ -157,6 +176,7 @@ def restore_adapter(state: dict, source: Path, expect: str | None = None) -> Ada
     lora = config.model.lora
     if lora is not None:
         add_lora(adapter, list(lora.targets), lora.rank, lora.alpha, lora.dropout)
+    attach_saved_head(adapter, state)
     load_training_state(adapter, state, source, config)
     merge_lora(adapter.model)
     adapter.requires_grad_(True)  # as load_model builds every model
@@ -301,18 +321,26 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Adapter
     if not (run_dir / CONFIG_FILE).is_file() and manifest.is_file():
         verify_export(run_dir)
         name = json.loads(manifest.read_text(encoding="utf-8")).get("model")
-        return load_weights(name, checkpoint=run_dir / MODEL_FILE, device=device)
+        return _with_head(load_weights(name, checkpoint=run_dir / MODEL_FILE), run_dir).to(device)
     config = run_config_of(run_dir)
     exported = run_dir / EXPORT_DIR / MODEL_FILE
     if exported.is_file():  # verified by its manifest; one put there by hand has none
         if (run_dir / EXPORT_DIR / MANIFEST_FILE).is_file():
             verify_export(run_dir / EXPORT_DIR)
-        return load_weights(config.model.name, checkpoint=exported, device=device)
+        adapter = load_weights(config.model.name, checkpoint=exported)
+        return _with_head(adapter, run_dir / EXPORT_DIR).to(device)
     path = resolve_checkpoint(run_dir)
     state = read_training_checkpoint(path)
     if state is None:
         raise CheckpointError(f"{path}: not a samtune training checkpoint")
     return restore_adapter(state, path).to(device)
+
+
+def _with_head(adapter: Adapter, folder: Path) -> Adapter:
+    """``adapter`` with the class head an export folder holds beside its ``model.pth``."""
+    if (folder / CLASS_HEAD_FILE).is_file():
+        load_class_head(adapter, folder / CLASS_HEAD_FILE)
+    return adapter.eval()
 
 
 def base_model(run: str | Path | RunConfig, device: str | torch.device = "cpu") -> Adapter:

@@ -1,6 +1,8 @@
 """Evaluation: prompts per mode, metrics on constructed cases, aggregation, COCO AP, and a
 tiny model through every mode."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,8 @@ def rect(h, w, y0, y1, x0, x1):
 
 class OraclePredictor:
     """Answers every prompt with the ground-truth mask it points at (``empty``: nothing)."""
+
+    model = SimpleNamespace(class_head=None)  # a model without a class head
 
     def __init__(self, masks, empty=False):
         self.masks, self.empty = masks, empty

@@ -173,3 +173,36 @@ def test_the_readme_numpy_preprocessing_matches_samtune(exported, name):
     np.testing.assert_allclose(x, ours, atol=1e-5)
     np.testing.assert_allclose(adapter.transform_coords([[100.0, 50.0]], IMAGE.shape[:2]).numpy(),
                                [[100 * sx, 50 * sy]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny"])
+def test_onnx_decoder_of_a_model_with_a_class_head_gives_its_probabilities(tmp_path, name):
+    """A class head adds ``category_probs`` (one row per mask token) to the decoder graph,
+    equal to the head's probabilities in PyTorch; the manifest lists the categories."""
+    from samtune.models.class_head import attach_class_head
+
+    adapter = _base(name)
+    torch.manual_seed(0)
+    head = attach_class_head(adapter, {2: "cell", 5: "debris", 8: "vessel"})
+    paths = export_onnx(adapter, tmp_path)
+    manifest = json.loads(paths[2].read_text())
+    assert manifest["decoder"]["outputs"][-1] == "category_probs"
+    assert manifest["categories"] == [{"id": 2, "name": "cell"}, {"id": 5, "name": "debris"},
+                                      {"id": 8, "name": "vessel"}]
+    encoder, decoder = (ort.InferenceSession(str(p)) for p in paths[:2])
+    pre = adapter.preprocess([IMAGE])
+    features = encoder.run(None, {"image": pre.images.numpy()})
+    boxes = adapter.transform_boxes(np.array([[10, 10, 90, 80], [100, 40, 220, 170.0]]), IMAGE.shape[:2])
+    coords, codes = _onnx_prompts(adapter, boxes, None, None)
+    *_, probs = decoder.run(None, {
+        "image_embeddings": features[0],
+        **{f"high_res_feats_{i}": f for i, f in enumerate(features[1:])},
+        "point_coords": coords, "point_labels": codes,
+        "mask_input": np.zeros((2, 1, *adapter.mask_input_size), np.float32),
+        "has_mask_input": np.zeros(1, np.float32), "orig_im_size": np.array(IMAGE.shape[:2], np.float32)})
+    with torch.no_grad():
+        embedded = adapter.encode(pre.images)
+        prompts = Prompts(torch.zeros(2, dtype=torch.long), boxes=boxes)
+        for multimask, keep in ((False, slice(0, 1)), (True, slice(1, 4))):
+            _, _, tokens = adapter.decode_tokens(embedded, prompts, multimask)
+            np.testing.assert_allclose(probs[:, keep], head(tokens).softmax(-1).numpy(), atol=1e-4)

@@ -301,3 +301,36 @@ def test_model_names_get_their_official_weights_or_say_where_to_put_them(serve_d
     random = build_state(["sam_tiny"], base="sam_tiny", checkpoint="random", data=serve_data,
                          save_to=tmp_path / "h")
     assert random.slots[1].label == "fine-tuned: sam_tiny (random init)" and random.slots[1].ready
+
+
+def test_a_model_with_a_class_head_answers_with_categories(client, state):
+    """The tuned slot with a class head: each candidate and each automatic mask comes with
+    its category; the base without one answers as before."""
+    import torch
+
+    from samtune.models.class_head import attach_class_head
+
+    slot = state.slot("tuned")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = attach_class_head(slot.adapter, {1: "ring", 4: "cable"})
+    try:
+        body = {"image": "d1", "box": [10, 8, 70, 56], "multimask": True}
+        base, tuned = client.post("/api/predict", json=body).json()["results"]
+        assert base["categories"] is None
+        assert len(tuned["categories"]) == len(tuned["masks"]) == 3
+        predictor = Predictor(slot.adapter)
+        predictor.set_image(state.images.dataset[1].image)
+        predictor.predict(box=np.array(body["box"], float), multimask_output=True)
+        for got, probs in zip(tuned["categories"], predictor.class_probs):
+            assert got["id"] == head.ids[int(probs.argmax())]
+            assert got["name"] == head.categories[got["id"]]
+            assert got["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+        auto = client.post("/api/auto", json={"image": "d1", "points_per_side": 4,
+                                              "pred_iou_thresh": 0.0,
+                                              "stability_score_thresh": 0.0}).json()["results"]
+        base_auto, tuned_auto = auto
+        assert tuned_auto["masks"] and all(m["category"] in ("ring", "cable") for m in tuned_auto["masks"])
+        assert all("category" not in m for m in base_auto["masks"])
+    finally:
+        slot.adapter.class_head = None

@@ -91,7 +91,8 @@ def test_one_click_prompts_train_the_candidates_inference_reads(make_config, set
         return decode(features, prompts, multimask_output=multimask_output)
 
     module.adapter.decode = recording
-    total, _, (logits, iou, _), _ = module._step(batch, "train")
+    total, _, (logits, iou, _, classes), _ = module._step(batch, "train")
+    assert classes is None  # no class head
     assert {one_click for one_click, _ in calls} == {True, False}  # the batch mixes both
     if setting == "auto":
         assert all(one_click == multimask for one_click, multimask in calls)

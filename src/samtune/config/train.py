@@ -66,6 +66,12 @@ class ModelConfig(_Section):
     does), or re-estimate them from each training batch (``update``). Fine-tuning batches of a
     few images of one domain give noisy statistics: with ``update``, a LoRA run on LiteMedSAM
     lost a third of its held-out box IoU in 20 steps while its weights barely moved."""
+    class_head: bool = False
+    """Learn the training data's categories (COCO category ids): a small head on the
+    decoder's mask tokens labels every mask, and ``predict`` (``--auto`` too) and ``eval``
+    report each mask's category. Needs data with two categories or more. The head is
+    samtune's own: ``export`` writes it as ``class_head.safetensors`` beside the official
+    ``model.pth``, which stays as the official code loads it."""
 
 
 # --- optimizers and schedules: one variant per name, each with its fields and its build -----
@@ -101,9 +107,9 @@ class _Optimizer(_Section):
     lr: float = Field(1e-4, gt=0)
     """Base learning rate (``lightning_coco_boxes``: 1e-4, ``mobilesam_boxes`` and ``labpics_sam2``: 2e-4, ``finestsam_points``: 4e-5)."""
     weight_decay: float = Field(1e-2, ge=0)
-    group_lr: dict[Group, float] = {}
+    group_lr: dict[Group | Literal["class_head"], float] = {}
     """Learning rate per parameter group, overriding ``lr`` (e.g. a smaller one for the
-    image encoder in a full fine-tune)."""
+    image encoder in a full fine-tune); ``class_head`` for the head of ``model.class_head``."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value (Lightning's gradient_clip_val)."""
 
@@ -273,6 +279,9 @@ class LossConfig(_Section):
     iou_smooth: float = 0.0
     iou_tanh_scale: float | None = None
     iou_head: Literal["mse", "l1"] = "mse"
+    class_weight: float = Field(1.0, ge=0)
+    """Weight of the class head's cross-entropy (``model.class_head``), averaged over each
+    object's candidate masks and normalised per mask as the mask terms."""
 
 
 class CheckpointConfig(_Section):

@@ -232,3 +232,19 @@ def exif_note(image_path: Path, expected_hw: tuple[int, int]) -> str:
                 "displayed, rotated; rotate the mask/annotation too, or save the image "
                 "without an EXIF orientation tag)")
     return ""
+
+
+def sources_of(data: Sequence[Sample]) -> list[Source]:
+    """The dataset sources behind a split (a mixed or composited set holds several)."""
+    inner = getattr(data, "source", None)  # CompositeSource
+    if inner is not None:
+        return sources_of(inner)
+    return list(getattr(data, "sources", [data]))
+
+
+def category_names(data: Sequence[Sample]) -> dict[int, str]:
+    """Category id -> name from the COCO categories of a split's sources, if any."""
+    names: dict[int, str] = {}
+    for source in [*sources_of(data), data]:
+        names.update(getattr(source, "categories", None) or {})
+    return names

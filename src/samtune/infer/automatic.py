@@ -87,7 +87,8 @@ class _Candidates:
     """Masks that passed the per-batch filters, on the model's device.
 
     ``low_res`` (N, h, w) are the decoder's logits (after SAM 2's low-res clean-up);
-    ``boxes`` are XYXY in the full image; ``point`` indexes the crop's point grid.
+    ``boxes`` are XYXY in the full image; ``point`` indexes the crop's point grid;
+    ``classes`` (N, n_classes) the class head's probabilities (n_classes 0 without a head).
     """
 
     low_res: torch.Tensor
@@ -96,6 +97,7 @@ class _Candidates:
     boxes: torch.Tensor
     point: torch.Tensor
     crop: torch.Tensor
+    classes: torch.Tensor
 
     def select(self, keep: torch.Tensor) -> _Candidates:
         return _Candidates(*(getattr(self, f.name)[keep] for f in fields(self)))
@@ -224,7 +226,9 @@ class AutomaticMaskGenerator:
 
         Each record: ``segmentation`` (per ``output_mode``), ``area`` (pixels), ``bbox``
         (XYWH), ``predicted_iou``, ``point_coords`` ([[x, y]] the prompt, image pixels),
-        ``stability_score`` and ``crop_box`` (XYWH), as the official generators.
+        ``stability_score`` and ``crop_box`` (XYWH), as the official generators; with a class
+        head (``model.class_head`` runs), ``category_id`` and its probability
+        ``category_score`` too.
         """
         check_rgb_uint8(image)
         h, w = image.shape[:2]
@@ -294,17 +298,22 @@ class AutomaticMaskGenerator:
         points = coords[start : start + self.points_per_batch, None, :]
         n = points.shape[0]
         labels = torch.ones(n, 1, dtype=torch.int, device=device)
-        low_res, iou = self.model.decode(
-            features, Prompts(torch.zeros(n, dtype=torch.long, device=device), points, labels),
-            self.multimask_output)
+        prompts = Prompts(torch.zeros(n, dtype=torch.long, device=device), points, labels)
+        head = self.model.class_head
+        if head is None:
+            low_res, iou = self.model.decode(features, prompts, self.multimask_output)
+            classes = iou.new_zeros((*iou.shape, 0))
+        else:
+            low_res, iou, tokens = self.model.decode_tokens(features, prompts, self.multimask_output)
+            classes = head(tokens).float().softmax(-1)
         k = low_res.shape[1]
-        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        low_res, iou, classes = low_res.flatten(0, 1), iou.flatten(0, 1), classes.flatten(0, 1)
         point = torch.arange(start, start + n, device=device).repeat_interleave(k)
         if self.use_m2m:
             low_res, iou = self._refine(features, points.repeat_interleave(k, dim=0), low_res)
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
-            low_res, iou, point = low_res[keep], iou[keep], point[keep]
+            low_res, iou, point, classes = low_res[keep], iou[keep], point[keep], classes[keep]
         if self.min_mask_region_area > 0 and self.model.everything.regions_at_low_res:
             # at logit 0 whatever mask_threshold is: SAM 2's generator leaves its predictor's
             # threshold (which this step uses) at the default
@@ -317,7 +326,7 @@ class AutomaticMaskGenerator:
         boxes = boxes + torch.tensor([x0, y0, x0, y0], device=device)
         keep &= ~near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
         crop_index = torch.full_like(point, index)
-        return _Candidates(low_res, iou, stability, boxes, point, crop_index).select(keep)
+        return _Candidates(low_res, iou, stability, boxes, point, crop_index, classes).select(keep)
 
     def _stability_and_boxes(self, low_res: torch.Tensor, crop: _Crop) -> tuple[torch.Tensor, torch.Tensor]:
         """Stability scores and XYXY boxes (crop frame) of the masks at the crop's size.
@@ -418,6 +427,8 @@ class AutomaticMaskGenerator:
         crop_xywh = [[number(v) for v in xyxy_to_xywh(torch.tensor(c.box)).tolist()] for c in crops]
         crop_index, point = kept.crop.tolist(), kept.point.tolist()
         iou, stability = kept.iou.float().tolist(), kept.stability.float().tolist()
+        head = self.model.class_head
+        labels = head.label(kept.classes) if head is not None else None
         records = []
         for i in range(len(kept)):
             full = masks.full(i)  # one full-size mask at a time
@@ -434,6 +445,8 @@ class AutomaticMaskGenerator:
                 "predicted_iou": iou[i], "point_coords": [[float(x), float(y)]],
                 "stability_score": stability[i], "crop_box": crop_xywh[crop_index[i]],
             })
+            if labels is not None:
+                records[-1].update(category_id=labels[0][i], category_score=labels[1][i])
         return records
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from samtune.data.sample import Sample
+from samtune.data.source import category_names
 from samtune.errors import SamtuneError
 from samtune.infer.eval_modes import (
     MODE_DESCRIPTIONS,
@@ -43,6 +44,7 @@ from samtune.infer.scoring import (
     ImageRecord,
     ModeResult,
     coco_ap,
+    coco_ap_classes,
     coco_ap_per_category,
     score_image,
     summarize,
@@ -95,7 +97,8 @@ def evaluate_models(models: Mapping[str, Adapter], dataset: Sequence[Sample],
     predictors = {label: settings.predictor(model) for label, model in models.items()}
     generators = {label: settings.generator(model)
                   for label, model in models.items()} if "auto" in settings.modes else {}
-    results = {label: {m: ModeResult(m) for m in settings.modes} for label in models}
+    results = {label: {m: ModeResult(m, classified=model.class_head is not None)
+                       for m in settings.modes} for label, model in models.items()}
     truth_coco = GroundTruth()
     prompted = any(m != "auto" for m in settings.modes)
     count = len(dataset) if settings.max_images is None else min(settings.max_images, len(dataset))
@@ -127,8 +130,12 @@ def score_mode(mode: str, predictor: Predictor, generator, sample: Sample, truth
     if mode == "none":
         return score_image(predict_mode(predictor, prompts, mode), truth.any(0, keepdims=True),
                            [-1], sample.path, len(truth)), []
-    return score_image(predict_mode(predictor, prompts, mode, batch_objects), truth, categories,
-                       sample.path, len(truth)), []
+    record = score_image(predict_mode(predictor, prompts, mode, batch_objects), truth, categories,
+                         sample.path, len(truth))
+    head = predictor.model.class_head
+    if head is not None:  # the category of each chosen mask (predict_mode leaves them)
+        record.predicted = [head.ids[i] for i in predictor.class_probs[:, 0].argmax(-1)]
+    return record, []
 
 
 # --- the whole job: models, data, report ----------------------------------------------------
@@ -158,6 +165,9 @@ def metrics_document(results: Mapping[str, Mapping[str, ModeResult]], truth: Gro
                 entry["coco"] = coco_ap(truth, result.detections)
                 entry["coco_per_category"] = coco_ap_per_category(truth, result.detections,
                                                                   category_names)
+                if result.classified:
+                    entry["coco_classes"] = coco_ap_classes(truth, result.detections,
+                                                            category_names)
                 entry["n_generated"] = len(result.detections)
             entry["images"] = [r.to_json() for r in result.images]
             models[label][mode] = entry
@@ -300,14 +310,6 @@ def report_folder(run_dir: Path) -> Path | None:
         if found.is_file():
             return found.parent
     return None
-
-
-def category_names(dataset: Sequence[Sample]) -> dict[int, str]:
-    """Category id -> name from the dataset's COCO categories (or its sources'), if any."""
-    names: dict[int, str] = {}
-    for source in [*getattr(dataset, "sources", []), dataset]:
-        names.update(getattr(source, "categories", None) or {})
-    return names
 
 
 # --- what to evaluate: the models and the data ----------------------------------------------

@@ -26,7 +26,8 @@ PREDICTIONS_FILE = "predictions.json"
 class ImagePrediction:
     """One image's predicted objects: (N, H, W) bool masks and (N,) scores, with the prompts
     that produced them (none in automatic mode) and any per-object extras (stability score,
-    point coordinates...) that go into the COCO annotations."""
+    point coordinates...) that go into the COCO annotations. ``labels``: the class head's
+    (category id, name, probability) of each mask, for models with one."""
 
     name: str
     image: np.ndarray
@@ -35,6 +36,7 @@ class ImagePrediction:
     prompts: list[ObjectPrompt] | None = None
     extras: list[dict] = field(default_factory=list)
     candidates: np.ndarray | None = None
+    labels: list[tuple[int, str, float]] | None = None
 
 
 def label_map(masks: np.ndarray) -> np.ndarray:
@@ -70,11 +72,15 @@ def write_image_outputs(
     prompts = prediction.prompts or []
     boxes = [p.box for p in prompts if p.box is not None]
     points = [(pt, lab) for p in prompts if p.points is not None for pt, lab in zip(p.points, p.point_labels)]
+    labels = prediction.labels
+    classes = sorted({c for c, _, _ in labels}) if labels else []
     picture = overlay(
         prediction.image, prediction.masks, opacity,
         boxes=np.array(boxes) if boxes else None,
         points=np.array([p for p, _ in points]) if points else None,
         point_labels=np.array([lab for _, lab in points]) if points else None,
+        colours=[classes.index(c) for c, _, _ in labels] if labels else None,
+        texts=[f"{name} {p:.2f}" for _, name, p in labels] if labels else None,
     )
     written.append(write_png(output / f"{stem}_overlay.png", picture))
     return written
@@ -96,7 +102,8 @@ class CocoWriter:
     def add(self, prediction: ImagePrediction) -> None:
         """Image ids and category ids come from the prompts when a COCO file gave them, so
         the predictions score against that file (``COCO.loadRes`` + ``COCOeval``); else
-        images are numbered from 1 and objects get category 1."""
+        images are numbered from 1; objects get the class head's category where the model has
+        one, else category 1."""
         h, w = prediction.image.shape[:2]
         given = next((p.image_id for p in prediction.prompts or [] if p.image_id is not None), None)
         taken = {img["id"] for img in self.images} | self.reserved
@@ -104,9 +111,15 @@ class CocoWriter:
         self.images.append({"id": image_id, "file_name": prediction.name, "height": h, "width": w})
         for i, mask in enumerate(prediction.masks):
             prompt = prediction.prompts[i] if prediction.prompts else None
-            category = prompt.category_id if prompt and prompt.category_id is not None else 1
-            self.categories.setdefault(category, (prompt and prompt.category_name)
-                                       or ("object" if category == 1 else f"category_{category}"))
+            label = prediction.labels[i] if prediction.labels else None
+            if prompt and prompt.category_id is not None:
+                category, name = prompt.category_id, prompt.category_name
+            elif label is not None:
+                category, name = label[0], label[1]
+            else:
+                category, name = 1, None
+            self.categories.setdefault(category, name or ("object" if category == 1
+                                                          else f"category_{category}"))
             ys, xs = np.nonzero(mask)
             bbox = ([float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
                      float(ys.max() - ys.min() + 1)] if len(xs) else [0.0, 0.0, 0.0, 0.0])
@@ -115,6 +128,8 @@ class CocoWriter:
                 "segmentation": encode_coco_rle(mask), "area": int(mask.sum()), "bbox": bbox,
                 "iscrowd": 0, "score": round(float(prediction.scores[i]), 6),
             }
+            if label is not None:
+                ann["predicted_category_id"], ann["category_score"] = label[0], round(label[2], 6)
             if prompt is not None:
                 ann["prompt"] = prompt.to_json()
             if prediction.extras:

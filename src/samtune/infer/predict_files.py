@@ -74,6 +74,9 @@ def predict_paths(
     clear_earlier_result(output)
     result = PredictResult()
     coco = CocoWriter({o.image_id for _, _, objects in jobs for o in objects if o.image_id is not None})
+    head = predictor.model.class_head
+    if head is not None:  # every class the model knows, used or not, as a COCO file lists them
+        coco.categories.update(head.categories)
     for name, path, objects in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) < 2):
         image = read_image_rgb(path)
         if generator is not None:
@@ -149,8 +152,12 @@ def _prompted(predictor: Predictor, name: str, image: np.ndarray, objects: list[
     candidates, scores = predict_objects(predictor, objects, multimask)
     best = scores.argmax(axis=1) if len(objects) else np.zeros(0, dtype=int)
     rows = np.arange(len(objects))
+    head, labels = predictor.model.class_head, None
+    if head is not None:
+        probs = predictor.class_probs[rows, best]
+        labels = [(head.ids[i], head.names[i], float(p[i])) for i, p in zip(probs.argmax(-1), probs)]
     return ImagePrediction(name, image, candidates[rows, best], scores[rows, best], prompts=objects,
-                           candidates=candidates if multimask else None)
+                           candidates=candidates if multimask else None, labels=labels)
 
 
 def _automatic(generator, name: str, image: np.ndarray) -> ImagePrediction:
@@ -161,4 +168,7 @@ def _automatic(generator, name: str, image: np.ndarray) -> ImagePrediction:
                "stability_score": round(float(r["stability_score"]), 6),
                "point_coords": r["point_coords"], "crop_box": r["crop_box"]} for r in records]
     scores = np.array([r["predicted_iou"] for r in records], dtype=np.float32)
-    return ImagePrediction(name, image, masks, scores, extras=extras)
+    head = generator.model.class_head
+    labels = ([(r["category_id"], head.categories[r["category_id"]], r["category_score"])
+               for r in records] if head is not None else None)
+    return ImagePrediction(name, image, masks, scores, extras=extras, labels=labels)

@@ -12,6 +12,11 @@ With ``tile_shape`` (and ``halo``), a large image is not shrunk to the model's i
 tile is encoded on its tile plus halo (:mod:`samtune.infer.tiling`, micro-sam's convention)
 when a prompt first needs it, every object is decoded on the tile that contains its prompts'
 centre, and its mask is pasted back at the tile's place in the full image.
+
+With a class head (``model.class_head`` runs), every ``predict`` also leaves the category
+probabilities of the masks it returned in :attr:`Predictor.class_probs` ((C, n_classes), with
+a leading N as the masks; the ids in ``model.class_head.ids``): the return values stay the
+official predictors'.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from samtune.infer.tiling import Tile, check_tiling, make_tiles, prompt_centres,
 from samtune.models.adapter import Adapter, Features, Prompts, check_rgb_uint8, require_adapter
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: with the class probabilities (N, K, n_classes; n_classes 0 without a class head)
+Decoded = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _numpy(tensors: Sequence[torch.Tensor]) -> Outputs:
+def _numpy(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...]:
     return tuple(t.float().cpu().numpy() if t.dtype != torch.bool else t.cpu().numpy()
                  for t in tensors)
 
@@ -56,6 +63,8 @@ class Predictor:
         self.reset_image()
 
     def reset_image(self) -> None:
+        #: category probabilities of the masks the latest predict returned (class head only)
+        self.class_probs: np.ndarray | None = None
         self.features: Features | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
@@ -199,6 +208,7 @@ class Predictor:
             if value is not None and len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries for {n} images")
         out: tuple[list, list, list] = ([], [], [])
+        probs = []
         for i in range(n):
             def pick(batch):
                 return None if batch is None else batch[i]
@@ -208,6 +218,8 @@ class Predictor:
                 pick(mask_input_batch), multimask_output, return_logits, normalize_coords)
             for bucket, value in zip(out, result):
                 bucket.append(value)
+            probs.append(self.class_probs)
+        self.class_probs = probs if self.model.class_head is not None else None
         return out
 
     def _predict_image(self, index: int, point_coords, point_labels, box, mask_input,
@@ -223,7 +235,10 @@ class Predictor:
                                       multimask_output, return_logits))
         else:
             out = self._decode_tiled(arrays, multimask_output, return_logits)
-        return out if batched else tuple(t[0] for t in out)
+        if not batched:
+            out = tuple(t[0] for t in out)
+        self.class_probs = out[3] if self.model.class_head is not None else None
+        return out[:3]
 
     # --- prompts in the model input frame ---------------------------------------------------
     @torch.no_grad()
@@ -257,25 +272,33 @@ class Predictor:
         prompts = Prompts(torch.zeros(n, dtype=torch.long, device=device), points,
                           None if labels is None else labels.to(torch.int), box_t,
                           None if masks is None else masks.float())
-        return self._decode(self.features, self.input_size, self.original_size, prompts,
-                            multimask_output, return_logits)
+        *out, probs = self._decode(self.features, self.input_size, self.original_size, prompts,
+                                   multimask_output, return_logits)
+        self.class_probs = probs.cpu().numpy() if self.model.class_head is not None else None
+        return tuple(out)
 
     # --- shared -----------------------------------------------------------------------------
     def _decode(self, features: Features, input_size: tuple[int, int], size: tuple[int, int],
                 prompts: Prompts, multimask_output: bool, return_logits: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(masks, scores, low-res logits) for model-input prompts on an image of ``size``
-        whose encoding is ``features``."""
-        low_res, scores = self.model.decode(features, prompts, multimask_output)
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masks, scores, low-res logits, class probabilities) for model-input prompts on an
+        image of ``size`` whose encoding is ``features`` (no classes without a class head)."""
+        head = self.model.class_head
+        if head is None:
+            low_res, scores = self.model.decode(features, prompts, multimask_output)
+            probs = scores.new_zeros((*scores.shape, 0))
+        else:
+            low_res, scores, tokens = self.model.decode_tokens(features, prompts, multimask_output)
+            probs = head(tokens).float().softmax(-1)
         masks = self.model.postprocess(low_res, input_size, size)
         if not return_logits:
             masks = masks > self.mask_threshold
         clamp = self.model.output_logit_clamp
         if clamp is not None:
             low_res = low_res.clamp(-clamp, clamp)
-        return masks, scores, low_res
+        return masks, scores, low_res, probs
 
-    def _decode_tiled(self, arrays: tuple, multimask_output: bool, return_logits: bool) -> Outputs:
+    def _decode_tiled(self, arrays: tuple, multimask_output: bool, return_logits: bool) -> Decoded:
         """Each object decoded on the tile of its prompts' centre, pasted into the image.
 
         In the tile's frame a box is clipped to the outer block, and a point outside the
@@ -296,28 +319,30 @@ class Predictor:
             masks[:] = -np.inf  # no evidence outside the tile: the logits of "background"
         scores = np.zeros((n, k), dtype=np.float32)
         low_res = np.zeros((n, k, *self.model.mask_input_size), dtype=np.float32)
+        head = self.model.class_head
+        probs = np.zeros((n, k, 0 if head is None else len(head.ids)), dtype=np.float32)
         for index in np.unique(which):
             rows = np.flatnonzero(which == index)
             tile = self.tiles[int(index)]
-            t_masks, t_scores, t_low = self._decode_tile(
+            t_masks, t_scores, t_low, t_probs = self._decode_tile(
                 tile, self._to_tile(arrays, rows, tile), multimask_output, return_logits)
             x0, y0, x1, y1 = tile.outer
             masks[rows, :, y0:y1, x0:x1] = t_masks
-            scores[rows], low_res[rows] = t_scores, t_low
-        return masks, scores, low_res
+            scores[rows], low_res[rows], probs[rows] = t_scores, t_low, t_probs
+        return masks, scores, low_res, probs
 
     def _decode_tile(self, tile: Tile, arrays: tuple, multimask_output: bool,
-                     return_logits: bool) -> Outputs:
+                     return_logits: bool) -> Decoded:
         """:meth:`_decode` on ``tile``'s encoding, prompts in the pixels of its outer block."""
         features, input_size = self.tile_features(tile.index)
         prompts = self._prompts(*arrays, tile.outer_size)
         return _numpy(self._decode(features, input_size, tile.outer_size, prompts,
                                    multimask_output, return_logits))
 
-    def _decode_unprompted(self, multimask_output: bool, return_logits: bool) -> Outputs:
+    def _decode_unprompted(self, multimask_output: bool, return_logits: bool) -> Decoded:
         """No prompt at all (the prompt-free use of a fine-tuned decoder): every tile decoded
-        without one, each pixel taken from the tile whose inner block holds it; the scores and
-        low-res logits are those of the first tile."""
+        without one, each pixel taken from the tile whose inner block holds it; the scores,
+        low-res logits and class probabilities are those of the first tile."""
         k = 3 if multimask_output else 1
         masks = np.zeros((1, k, *self.original_size), dtype=np.float32 if return_logits else bool)
         first = None
@@ -327,7 +352,7 @@ class Predictor:
             x0, y0, x1, y1 = tile.inner
             ox, oy = tile.outer[:2]
             masks[:, :, y0:y1, x0:x1] = out[0][:, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        return masks, first[1], first[2]
+        return masks, first[1], first[2], first[3]
 
     @staticmethod
     def _to_tile(arrays: tuple, rows: np.ndarray, tile: Tile) -> tuple:

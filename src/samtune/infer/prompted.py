@@ -168,12 +168,16 @@ def predict_objects(
     IoU (SAM's rule for a single point). Objects with the same structure go through the
     decoder together, up to ``chunk`` at a time (memory beyond the output masks does not grow
     with the count). An object without any prompt is the prompt-free mask of the image.
+    With a class head, ``predictor.class_probs`` holds (N, K, n_classes) afterwards, for the
+    masks returned.
     """
     h, w = predictor.original_size
     k = 3 if multimask else 1
     kept = 1 if best else k
     masks = np.zeros((len(objects), kept, h, w), dtype=bool)
     scores = np.zeros((len(objects), kept), dtype=np.float32)
+    head = predictor.model.class_head
+    probs = np.zeros((len(objects), kept, 0 if head is None else len(head.ids)), dtype=np.float32)
     calls = [index[i:i + chunk] for index in group_by_structure(objects)
              for i in range(0, len(index), chunk)]
     for index in calls:
@@ -186,11 +190,14 @@ def predict_objects(
             multimask_output=multimask,
         )
         m, s = m.reshape(len(group), k, h, w), s.reshape(len(group), k)
+        p = (predictor.class_probs.reshape(len(group), k, -1) if head is not None
+             else np.zeros((len(group), k, 0), dtype=np.float32))
         if best:
             top = s.argmax(axis=1)
             rows = np.arange(len(group))
-            m, s = m[rows, top][:, None], s[rows, top][:, None]
-        masks[index], scores[index] = m, s
+            m, s, p = m[rows, top][:, None], s[rows, top][:, None], p[rows, top][:, None]
+        masks[index], scores[index], probs[index] = m, s, p
         if len(calls) > 1:
             release_freed_memory()
+    predictor.class_probs = probs if head is not None else None
     return masks, scores

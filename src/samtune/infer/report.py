@@ -235,7 +235,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path],
     lines += ["", ("Metrics at the original image size; boundary F1 with a 0-pixel tolerance; "
                    "automatic AP is class-agnostic COCO mask AP (pycocotools, maxDets 100)."), ""]
     lines += _results_table(metrics) + _iou_levels_table(metrics) + _category_table(metrics)
-    lines += _ap_table(metrics)
+    lines += _ap_table(metrics) + _class_table(metrics)
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots]
     if panels:
@@ -321,3 +321,32 @@ def _ap_category_table(metrics: Mapping[str, Any]) -> list[str]:
                      f"{_fmt(entry['AP'])} | {_delta(b.get('AP'), entry['AP'])} | "
                      f"{_fmt(b.get('AP50'))} | {_fmt(entry['AP50'])} |")
     return lines + [""]
+
+
+def _class_table(metrics: Mapping[str, Any]) -> list[str]:
+    """The fine-tuned model's class head (``model.class_head``): how often each prompted
+    mask got its object's category, and class-aware AP of the labelled automatic masks."""
+    tuned = metrics["models"]["tuned"]
+    rows = []
+    for mode in metrics["modes"]:
+        entry = tuned[mode]
+        if entry.get("class_accuracy") is not None:
+            recall = ", ".join(f"{c['name']} {_fmt(c.get('class_recall'))}"
+                               for c in entry["per_category"].values())
+            rows.append(f"| {mode} | {_fmt(entry['class_accuracy'])} | {recall} |")
+    classes = tuned.get("auto", {}).get("coco_classes")
+    if not rows and not classes:
+        return []
+    lines = ["## Classes (the fine-tuned model's class head)", ""]
+    if rows:
+        lines += ["Prompted masks labelled with their object's category:", "",
+                  "| mode | accuracy | recall per category |", "| --- | ---: | --- |", *rows, ""]
+    if classes:
+        lines += [("Automatic masks with the head's labels, class-aware COCO mask AP (a mask "
+                   "counts only on objects of its label):"), "",
+                  "| category | objects | AP | AP50 |", "| --- | ---: | ---: | ---: |",
+                  f"| all (mean) | | {_fmt(classes['all']['AP'])} | {_fmt(classes['all']['AP50'])} |"]
+        lines += [f"| {c['name']} | {c['n_objects']} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} |"
+                  for c in classes["per_category"].values()]
+        lines.append("")
+    return lines

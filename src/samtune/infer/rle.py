@@ -106,7 +106,8 @@ def coco_results(
 ) -> list[dict[str, Any]]:
     """Automatic-mask records (any ``output_mode``) -> COCO detection results for one image.
 
-    Each result has ``image_id``, ``category_id``, ``segmentation`` (COCO RLE, ``str``
+    Each result has ``image_id``, ``category_id`` (the record's own where a class head gave
+    it one, else ``category_id``), ``segmentation`` (COCO RLE, ``str``
     counts), ``score`` (the record's ``score_key``), ``bbox`` (XYWH) and ``area``: the list
     ``json.dump`` writes and ``COCO.loadRes`` reads.
     """
@@ -119,7 +120,8 @@ def coco_results(
         else:
             rle = encode_coco_rle(seg)
         out.append({
-            "image_id": int(image_id), "category_id": int(category_id), "segmentation": rle,
+            "image_id": int(image_id), "category_id": int(record.get("category_id", category_id)),
+            "segmentation": rle,
             "score": float(record[score_key]), "bbox": [float(v) for v in record["bbox"]],
             "area": float(record.get("area", rle_area(rle))),
         })

@@ -40,17 +40,22 @@ COCO_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
 @dataclass
 class ImageRecord:
     """One image in one mode: its path, object count, each compared mask's metric values and
-    category id (-1 without categories), and its pooled pixel counts (tp, fp, fn, tn)."""
+    category id (-1 without categories), its pooled pixel counts (tp, fp, fn, tn), and the
+    category the model's class head gave each mask (prompted modes of a model with one)."""
 
     path: str
     n_objects: int
     values: dict[str, list[float]]
     categories: list[int]
     counts: tuple[int, int, int, int]
+    predicted: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "n_objects": self.n_objects, "categories": self.categories,
-                **{k: [round(v, 6) for v in vs] for k, vs in self.values.items()}}
+        out = {"path": self.path, "n_objects": self.n_objects, "categories": self.categories,
+               **{k: [round(v, 6) for v in vs] for k, vs in self.values.items()}}
+        if self.predicted is not None:
+            out["predicted_categories"] = self.predicted
+        return out
 
 
 def score_image(pred: np.ndarray, truth: np.ndarray, categories: Sequence[int], path: str,
@@ -70,11 +75,13 @@ def score_image(pred: np.ndarray, truth: np.ndarray, categories: Sequence[int], 
 
 @dataclass
 class ModeResult:
-    """Every image record of one model in one mode; ``detections`` (auto): COCO results."""
+    """Every image record of one model in one mode; ``detections`` (auto): COCO results,
+    with the class head's categories when ``classified``."""
 
     mode: str
     images: list[ImageRecord] = field(default_factory=list)
     detections: list[dict] = field(default_factory=list)
+    classified: bool = False
 
     def values(self, name: str) -> np.ndarray:
         """Every mask's value of metric ``name``, image by image."""
@@ -130,6 +137,14 @@ def summarize(result: ModeResult, category_names: Mapping[int, str] | None = Non
         name = (category_names or {}).get(cid, f"category {cid}")
         per_category[str(cid)] = {"name": name, "n_masks": int(pick.sum()),
                                   **{k: _mean(result.values(k)[pick]) for k in METRIC_NAMES}}
+    predicted = [r.predicted for r in result.images]
+    if predicted and all(p is not None for p in predicted):
+        guess = np.asarray([c for p in predicted for c in p])
+        known = categories != -1
+        out["class_accuracy"] = _mean((guess == categories)[known].astype(np.float64))
+        for cid, entry in per_category.items():
+            pick = categories == int(cid)
+            entry["class_recall"] = _mean((guess[pick] == int(cid)).astype(np.float64))
     out["per_category"] = per_category
     return out
 
@@ -138,10 +153,13 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def coco_ap(truth: GroundTruth, detections: list[dict]) -> dict[str, float | None]:
+def coco_ap(truth: GroundTruth, detections: list[dict],
+            categories: Sequence[int] | None = None) -> dict[str, float | None]:
     """COCOeval's 12 summary numbers (:data:`COCO_STATS`) of class-agnostic mask AP; ``None``
     where COCO reports -1 (no ground truth in that area range). Without any detection every
-    number is 0."""
+    number is 0. With ``categories``: COCO's own class-aware AP over those category ids (a
+    mask counts only on objects of the category it was labelled with), for detections a
+    class head labelled."""
     if not detections or not truth.annotations:
         return {k: 0.0 for k in COCO_STATS}
     from pycocotools.coco import COCO
@@ -157,7 +175,9 @@ def coco_ap(truth: GroundTruth, detections: list[dict]) -> dict[str, float | Non
         # object has a large box and a small mask); it writes into the records: give it copies
         masks_only = [{k: v for k, v in d.items() if k not in ("bbox", "area")} for d in detections]
         evaluator = COCOeval(gt, gt.loadRes(masks_only), iouType="segm")
-        evaluator.params.useCats = 0
+        evaluator.params.useCats = int(categories is not None)
+        if categories is not None:
+            evaluator.params.catIds = sorted(int(c) for c in categories)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -182,4 +202,17 @@ def coco_ap_per_category(truth: GroundTruth, detections: list[dict],
         n = sum(a["category_id"] == cid for a in truth.annotations)
         out[str(cid)] = {"name": (category_names or {}).get(cid, f"category {cid}"),
                          "n_objects": n, **coco_ap(view, detections)}
+    return out
+
+
+def coco_ap_classes(truth: GroundTruth, detections: list[dict],
+                    category_names: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """Class-aware COCO mask AP of automatic masks a class head labelled: ``all`` (COCO's
+    mean over the ground-truth categories) and ``per_category`` (each category alone)."""
+    ids = sorted(truth.categories)
+    out: dict[str, Any] = {"all": coco_ap(truth, detections, ids), "per_category": {}}
+    for cid in ids:
+        n = sum(a["category_id"] == cid for a in truth.annotations)
+        out["per_category"][str(cid)] = {"name": (category_names or {}).get(cid, f"category {cid}"),
+                                         "n_objects": n, **coco_ap(truth, detections, [cid])}
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -21,26 +23,41 @@ def overlay(
     points: np.ndarray | None = None,
     point_labels: np.ndarray | None = None,
     contour: bool = True,
+    colours: Sequence[int] | None = None,
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Blend (N, H, W) bool masks onto an HxWx3 uint8 RGB image, one colour per mask.
 
     Boxes (xyxy) are drawn in the mask's colour; points as green (foreground) or red
-    (background) stars, as SAM's notebooks show them.
+    (background) stars, as SAM's notebooks show them. ``colours``: a palette index per mask
+    (one per category, so masks of a class share a colour); ``texts``: a caption per mask
+    (its category), written at the mask's top-left.
     """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be within 0..1, got {opacity}")
     out = image.astype(np.float32).copy()
     masks = np.asarray(masks, dtype=bool).reshape(-1, *image.shape[:2])
-    for i, mask in enumerate(masks):
-        colour = PALETTE[i % len(PALETTE)].astype(np.float32)
-        out[mask] = (1 - opacity) * out[mask] + opacity * colour
+    index = list(range(len(masks))) if colours is None else list(colours)
+    palette = [PALETTE[c % len(PALETTE)] for c in index]
+    for mask, colour in zip(masks, palette):
+        out[mask] = (1 - opacity) * out[mask] + opacity * colour.astype(np.float32)
     out = out.round().astype(np.uint8)
     thickness = max(1, round(max(image.shape[:2]) / 400))
     if contour:
-        for i, mask in enumerate(masks):
+        for mask, colour in zip(masks, palette):
             contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
                                            cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(out, contours, -1, PALETTE[i % len(PALETTE)].tolist(), thickness)
+            cv2.drawContours(out, contours, -1, colour.tolist(), thickness)
+    if texts is not None:
+        scale = max(0.3, max(image.shape[:2]) / 1600)
+        for mask, text, colour in zip(masks, texts, palette):
+            ys, xs = np.nonzero(mask)
+            if len(xs):
+                at = (int(xs.min()), max(int(ys.min()) - 2, 10))
+                cv2.putText(out, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                            thickness + 2, cv2.LINE_AA)
+                cv2.putText(out, text, at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour.tolist(),
+                            thickness, cv2.LINE_AA)
     if boxes is not None:
         for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=float).reshape(-1, 4)):
             cv2.rectangle(out, (round(x0), round(y0)), (round(x1), round(y1)),

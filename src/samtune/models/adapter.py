@@ -255,6 +255,9 @@ class Adapter(nn.Module, ABC):
         super().__init__()
         self.model = model
         self.spec = spec
+        #: the optional category head on the mask tokens (:mod:`samtune.models.class_head`),
+        #: beside the official module, never in it
+        self.class_head: nn.Module | None = None
 
     # --- the five steps -------------------------------------------------------------------
     @property
@@ -304,6 +307,17 @@ class Adapter(nn.Module, ABC):
         picks each object's row.
         """
 
+    def decode_tokens(
+        self, features: Features, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decode` with the decoder's output token of each mask: (N, K, h, w) logits,
+        (N, K) IoU and (N, K, D) tokens (what a class head reads), from
+        :meth:`decode_all_tokens`."""
+        sparse, dense = self.embed_prompts(prompts)
+        masks, iou, tokens = self.decode_all_tokens(features.select(prompts.image_index), sparse, dense)
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, keep], iou[:, keep], tokens[:, keep]
+
     @property
     @abstractmethod
     def prompt_encoder(self) -> nn.Module:
@@ -312,9 +326,9 @@ class Adapter(nn.Module, ABC):
     @abstractmethod
     def decode_all_tokens(
         self, features: Features, sparse: torch.Tensor, dense: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 4, h, w) logits and (N, 4) IoU of every mask token for N objects, one
-        ``features`` row and one row of prompt embeddings each: token 0 is what
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 4, h, w) logits, (N, 4) IoU and (N, 4, D) output tokens of every mask token for
+        N objects, one ``features`` row and one row of prompt embeddings each: token 0 is what
         ``multimask_output=False`` returns (with the family's own fallback), 1-3 the
         multimask outputs. The ONNX decoder returns it whole, so one graph serves both modes.
         """

@@ -151,7 +151,7 @@ def fused_attention_count(adapter: Adapter) -> int:
 def autocast_inference(
     adapter: Adapter, dtype: torch.dtype = torch.bfloat16, enabled: bool = True
 ) -> Iterator[Adapter]:
-    """Inside the block, ``adapter.encode`` and ``adapter.decode`` run under
+    """Inside the block, ``adapter.encode`` and ``adapter.decode`` (``decode_tokens`` too) run under
     ``torch.autocast(device_type, dtype)`` and return float32 tensors.
 
     Everything built on the adapter (``Predictor``, evaluation) picks it up unchanged, and
@@ -162,7 +162,7 @@ def autocast_inference(
         yield adapter
         return
     device_type = adapter.device.type
-    saved = {name: adapter.__dict__.get(name) for name in ("encode", "decode")}
+    saved = {name: adapter.__dict__.get(name) for name in ("encode", "decode", "decode_tokens")}
 
     def encode(self, images: torch.Tensor):
         with torch.autocast(device_type, dtype=dtype):
@@ -174,8 +174,14 @@ def autocast_inference(
             low, iou = type(self).decode(self, features, prompts, multimask_output)
         return low.float(), iou.float()
 
+    def decode_tokens(self, features, prompts, multimask_output: bool):
+        with torch.autocast(device_type, dtype=dtype):
+            low, iou, tokens = type(self).decode_tokens(self, features, prompts, multimask_output)
+        return low.float(), iou.float(), tokens.float()
+
     adapter.encode = MethodType(encode, adapter)
     adapter.decode = MethodType(decode, adapter)
+    adapter.decode_tokens = MethodType(decode_tokens, adapter)
     try:
         yield adapter
     finally:

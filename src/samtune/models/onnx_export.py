@@ -68,7 +68,8 @@ class DecoderGraph(nn.Module):
     corners are points with labels 2 and 3, as the official box embedding adds
     ``point_embeddings[2]`` / ``[3]`` to the corners' positional encodings. The decoding is
     the adapter's own (:meth:`~samtune.models.adapter.Adapter.decode_all_tokens`), the sizing
-    to the original image its preprocessing's (crop the padding or not).
+    to the original image its preprocessing's (crop the padding or not). A model with a class
+    head gets a fourth output, ``category_probs`` (B, 4, n_classes), one row per mask token.
     """
 
     def __init__(self, adapter: Adapter, high_res_levels: int) -> None:
@@ -111,8 +112,10 @@ class DecoderGraph(nn.Module):
         dense = self._embed_masks(mask_input, has_mask_input).expand(n, -1, -1, -1)
         features = Features(image_embeddings.expand(n, -1, -1, -1),
                             tuple(t.expand(n, -1, -1, -1) for t in high_res))
-        masks, iou = self.adapter.decode_all_tokens(features, sparse, dense)
-        return self._upscale(masks, orig_im_size), iou, masks
+        masks, iou, tokens = self.adapter.decode_all_tokens(features, sparse, dense)
+        out = (self._upscale(masks, orig_im_size), iou, masks)
+        head = self.adapter.class_head
+        return out if head is None else (*out, head(tokens).softmax(-1))
 
 
 def example_inputs(adapter: Adapter, objects: int = 2, points: int = 3) -> dict[str, torch.Tensor]:
@@ -146,16 +149,24 @@ def export_onnx(adapter: Adapter, output: str | Path) -> list[Path]:
     objects = {0: "objects"}
     dynamic = {"point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
                "mask_input": objects, "masks": {0: "objects", 2: "height", 3: "width"},
-               "iou_predictions": objects, "low_res_masks": objects}
+               "iou_predictions": objects, "low_res_masks": objects, "category_probs": objects}
+    outputs = decoder_outputs(adapter)
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / ENCODER_FILE, output / DECODER_FILE, output / MANIFEST_FILE]
     with torch.no_grad():
         # wrappers in eval mode: the exporter restores the wrapper's mode on the whole model
         _export(EncoderGraph(adapter).eval(), (image,), paths[0], ["image"], encoder_outputs, None)
         _export(DecoderGraph(adapter, len(high_res)).eval(), tuple(decoder_inputs.values()), paths[1],
-                list(decoder_inputs), ["masks", "iou_predictions", "low_res_masks"], dynamic)
+                list(decoder_inputs), outputs, {k: v for k, v in dynamic.items()
+                                                 if k in outputs or k in decoder_inputs})
     write_json(paths[2], onnx_manifest(adapter, encoder_outputs, list(decoder_inputs)))
     return paths
+
+
+def decoder_outputs(adapter: Adapter) -> list[str]:
+    """The decoder graph's output names (``category_probs`` with a class head)."""
+    names = ["masks", "iou_predictions", "low_res_masks"]
+    return names if adapter.class_head is None else [*names, "category_probs"]
 
 
 def _export(module, args, path: Path, inputs, outputs, dynamic_axes) -> None:
@@ -184,8 +195,10 @@ def onnx_manifest(adapter: Adapter, encoder_outputs: list[str], decoder_inputs: 
         "mask_input_size": list(adapter.mask_input_size),
         "files": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE},
         "encoder": {"inputs": ["image"], "outputs": encoder_outputs},
-        "decoder": {"inputs": decoder_inputs, "outputs": ["masks", "iou_predictions", "low_res_masks"],
+        "decoder": {"inputs": decoder_inputs, "outputs": decoder_outputs(adapter),
                     "mask_outputs": "0: single mask (multimask_output=False); 1-3: multimask"},
         "preprocess": {"mean": list(pre.mean), "std": list(pre.std), **pre.recipe,
                        "padding_point": padding},
+        **({"categories": [{"id": i, "name": n} for i, n in adapter.class_head.categories.items()]}
+           if adapter.class_head is not None else {}),
     }

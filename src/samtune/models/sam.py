@@ -225,10 +225,8 @@ class SamAdapter(Adapter):
     def decode(
         self, features: Features, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self.embed_prompts(prompts)
-        masks, iou = self.decode_all_tokens(features.select(prompts.image_index), sparse, dense)
-        keep = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, keep], iou[:, keep]
+        masks, iou, _ = self.decode_tokens(features, prompts, multimask_output)
+        return masks, iou
 
     @property
     def prompt_encoder(self) -> nn.Module:
@@ -254,7 +252,7 @@ class SamAdapter(Adapter):
                                 for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, decoder.iou_prediction_head(iou_token_out)
+        return masks, decoder.iou_prediction_head(iou_token_out), mask_tokens_out
 
     def embed_prompts(self, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         points = None if prompts.points is None else (prompts.points, prompts.point_labels)

@@ -232,15 +232,22 @@ class Sam2Adapter(Adapter):
         """``predict_masks`` returns every token; the single-mask token is then replaced by
         the stability fallback, as ``SAM2MaskDecoder.forward`` does for one mask."""
         dec = self.model.sam_mask_decoder
-        masks, iou, _, _ = dec.predict_masks(
+        masks, iou, tokens, _ = dec.predict_masks(
             image_embeddings=features.image_embed, image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=False,
             high_res_features=list(features.high_res))
-        if dec.dynamic_multimask_via_stability:
+        if dec.dynamic_multimask_via_stability and not dec.training:  # as forward: at inference
             single, single_iou = dec._dynamic_multimask_via_stability(masks, iou)
+            # the token of the mask the fallback kept: token 0 where it was stable, else the
+            # multimask token of highest IoU (the same rule, read off the chosen logits)
+            best = iou[:, 1:].argmax(dim=1) + 1
+            rows = torch.arange(len(best), device=best.device)
+            kept_first = (single[:, 0] == masks[:, 0]).flatten(1).all(dim=1)
+            first = torch.where(kept_first[:, None], tokens[:, 0], tokens[rows, best])
             masks = torch.cat([single, masks[:, 1:]], dim=1)
             iou = torch.cat([single_iou, iou[:, 1:]], dim=1)
-        return masks, iou
+            tokens = torch.cat([first[:, None], tokens[:, 1:]], dim=1)
+        return masks, iou, tokens
 
     def postprocess(
         self, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]

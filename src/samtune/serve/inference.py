@@ -32,6 +32,7 @@ def predict_slot(slot: Slot, opened: Opened, request: PredictRequest) -> dict[st
         masks, scores, _ = predictor.predict(point_coords=points, point_labels=labels, box=box,
                                              multimask_output=request.multimask)
         decode_ms = (time.perf_counter() - start) * 1000
+        categories = candidate_categories(slot.adapter.class_head, predictor.class_probs)
     truth_iou, truth_object = truth_matches(masks, opened.truth)
     return {
         "model": slot.id,
@@ -41,6 +42,7 @@ def predict_slot(slot: Slot, opened: Opened, request: PredictRequest) -> dict[st
         "areas": [int(m.sum()) for m in masks],
         "truth_iou": truth_iou,
         "truth_object": truth_object,
+        "categories": categories,
         "encode_ms": None if encode_ms is None else round(encode_ms, 1),
         "decode_ms": round(decode_ms, 1),
     }
@@ -60,6 +62,7 @@ def auto_slot(slot: Slot, opened: Opened, request: AutoRequest) -> dict[str, Any
         records = generator.generate(opened.image)
         ms = (time.perf_counter() - start) * 1000
     records.sort(key=lambda r: -r["area"])
+    head = slot.adapter.class_head
     return {
         "model": slot.id,
         "ms": round(ms, 1),
@@ -68,8 +71,19 @@ def auto_slot(slot: Slot, opened: Opened, request: AutoRequest) -> dict[str, Any
                    "bbox": [round(float(v), 1) for v in r["bbox"]],
                    "predicted_iou": round(float(r["predicted_iou"]), 4),
                    "stability_score": round(float(r["stability_score"]), 4),
-                   "point": [round(float(v), 1) for v in r["point_coords"][0]]} for r in records],
+                   "point": [round(float(v), 1) for v in r["point_coords"][0]],
+                   **({"category": head.categories[r["category_id"]],
+                       "category_score": round(float(r["category_score"]), 4)}
+                      if head is not None else {})} for r in records],
     }
+
+
+def candidate_categories(head, probs: np.ndarray | None) -> list[dict] | None:
+    """Each candidate's most likely category (a model with a class head; else None)."""
+    if head is None or probs is None:
+        return None
+    return [{"id": head.ids[i], "name": head.names[i], "score": round(float(p[i]), 4)}
+            for i, p in zip(probs.argmax(-1), probs)]
 
 
 def truth_matches(masks: np.ndarray, truth: Sample | None

@@ -10,7 +10,10 @@
   tensors, batch-norm statistics that updated), with the base's name and checksum in its
   metadata: ``load_model(name, checkpoint=base, delta=...)`` rebuilds ``model.pth`` from it;
 - ``manifest.json``: base model and checkpoint, base checksum, what was trained, the run's
-  resolved config, the checkpoint exported with its step and validation metrics.
+  resolved config, the checkpoint exported with its step and validation metrics;
+- ``class_head.safetensors`` (runs with ``model.class_head``): the category head, its ids
+  and names in its metadata; ``load_model`` of the folder attaches it (the official code
+  ignores it).
 
 The run's checkpoints are Lightning files of the training module; the exporter rebuilds that
 module exactly as training did (same freezing, same LoRA layers), loads the checkpoint into it
@@ -30,6 +33,7 @@ from samtune.errors import CheckpointError, SamtuneError
 from samtune.files import atomic_folder, write_json
 from samtune.models.adapter import Adapter
 from samtune.models.checkpoints import check_finite, sha256_of
+from samtune.models.class_head import CLASS_HEAD_FILE, categories_json, save_class_head
 from samtune.models.load import Delta, base_checksum, build_adapter
 from samtune.models.lora import merge_lora
 from samtune.models.registry import family_class, get_spec
@@ -44,6 +48,7 @@ from samtune.runs import (
     read_training_checkpoint,
     resolve_checkpoint,
     run_config_of,
+    saved_categories,
 )
 from samtune.train.module import GROUPS, FineTuneModule
 
@@ -71,7 +76,8 @@ def restore_module(state: dict, source: Path, config: RunConfig | None = None) -
     if config is None:
         config = checkpoint_config(state, source)
     module = FineTuneModule(official_forwards(config),
-                            adapter=build_adapter(get_spec(config.model.name)))
+                            adapter=build_adapter(get_spec(config.model.name)),
+                            categories=saved_categories(state))
     load_training_state(module.adapter, state, source, config)
     return module.eval()
 
@@ -138,11 +144,17 @@ def export_model(
                            "replaces its whole folder; choose a new or empty --output folder")
     paths = Exported(output, output / MODEL_FILE, output / DELTA_FILE, output / MANIFEST_FILE,
                      len(delta.tensors), sum(t.numel() for t in delta.tensors.values()))
+    files = [MODEL_FILE, DELTA_FILE]
     with atomic_folder(output) as staging:
         torch.save(type(adapter).official_checkpoint(state), staging / MODEL_FILE)
         save_file(delta.tensors, str(staging / DELTA_FILE), metadata=delta.metadata())
         manifest = _manifest(spec, checksum, base_checkpoint, base_seed, lora, paths, info)
-        manifest["sha256"] = {name: sha256_of(staging / name) for name in (MODEL_FILE, DELTA_FILE)}
+        if adapter.class_head is not None:
+            save_class_head(adapter.class_head, staging / CLASS_HEAD_FILE)
+            files.append(CLASS_HEAD_FILE)
+            manifest["files"]["class_head"] = CLASS_HEAD_FILE
+            manifest["categories"] = categories_json(adapter.class_head.categories)
+        manifest["sha256"] = {name: sha256_of(staging / name) for name in files}
         write_json(staging / MANIFEST_FILE, manifest)
     return paths
 

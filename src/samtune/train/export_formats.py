@@ -5,17 +5,19 @@
   SAM 2; transformers has no TinyViT SAM, so not MobileSAM or LiteMedSAM).
 - ``onnx``: ``RUN/export/onnx/`` with ``encoder.onnx`` and ``decoder.onnx`` (prompt encoder +
   mask decoder, segment-anything's ONNX inputs) and ``onnx.json`` (sizes, input names, the
-  preprocessing to apply) for onnxruntime without samtune or torch.
+  preprocessing to apply) for onnxruntime without samtune or torch; a class head
+  (``model.class_head``) adds the decoder output ``category_probs``.
 
 Both start from the same weights as ``--format official`` (LoRA merged, official forwards).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samtune.errors import CheckpointError
+from samtune.errors import CheckpointError, SamtuneWarning
 from samtune.models.adapter import Adapter
 from samtune.runs import read_training_checkpoint, resolve_checkpoint, restore_adapter, run_config_of
 
@@ -57,6 +59,11 @@ def export_run_format(
     if format == "hf":
         from samtune.models.hf import save_hf
 
+        if adapter.class_head is not None:
+            warnings.warn(f"{run_dir}: transformers' SAM models have no class head; the hf "
+                          "export holds the model's masks only (`samtune export` in the official "
+                          "format keeps the head, as class_head.safetensors)", SamtuneWarning,
+                          stacklevel=2)
         files = list(save_hf(adapter, out))
     elif format == "onnx":
         from samtune.models.onnx_export import export_onnx

@@ -344,3 +344,17 @@ class SegmentationLoss(nn.Module):
             )
         per_candidate = iou_head_loss(iou_pred, logits, targets, valid, self.iou_head_kind)
         return per_candidate.mean(1) if self.iou_head_all else per_candidate[rows, best]
+
+
+def class_loss(logits: torch.Tensor, targets: torch.Tensor,
+               num_masks: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of class logits (N, K, C) against (N,) class indices, averaged over each
+    object's K candidates (every candidate covers the same object: at inference each one is
+    labelled, as automatic masks are), summed over objects and divided by ``num_masks`` (N by
+    default), as the mask terms. Targets of -100 are ignored."""
+    n, k, c = logits.shape
+    per = F.cross_entropy(logits.float().reshape(n * k, c), targets.repeat_interleave(k),
+                          ignore_index=-100, reduction="none").reshape(n, k)
+    denom = torch.as_tensor(n if num_masks is None else num_masks)
+    denom = denom.to(logits.device, torch.float32).clamp_min(1.0)
+    return per.mean(1).sum() / denom

@@ -17,23 +17,26 @@ resumed run repeats the steps an uninterrupted one takes.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from samtune.config.train import RunConfig
 from samtune.data.batch import Batch
 from samtune.errors import NonFiniteError, SamtuneWarning
 from samtune.models.adapter import Adapter, Features, Prompts
+from samtune.models.class_head import IGNORE, attach_class_head, categories_json
 from samtune.models.fast import apply_fast_options
 from samtune.models.lora import add_lora, component
 from samtune.prompts import correction_clicks
 from samtune.runs import base_model
 from samtune.train.cache import EmbeddingCache
 from samtune.train.callbacks import TRAINED_KEY
-from samtune.train.losses import SegmentationLoss
+from samtune.train.losses import SegmentationLoss, class_loss
 from samtune.metrics import MaskMetrics
 from samtune.train.prompt_reach import kinds_drawn, prompt_reach
 
@@ -45,15 +48,31 @@ VAL_METRICS = {"iou": "mask_iou", "dice": "mask_dice", "pixel_accuracy": "mask_p
 
 
 class FineTuneModule(L.LightningModule):
-    """Fine-tunes ``config.model`` with the losses, freezing and LoRA of ``config``."""
+    """Fine-tunes ``config.model`` with the losses, freezing and LoRA of ``config``.
 
-    def __init__(self, config: RunConfig, adapter: Adapter | None = None) -> None:
+    ``categories`` (id -> name): the classes of ``model.class_head``, from the training
+    data; saved with the checkpoints' hyper-parameters, so a restored run has the same head.
+    """
+
+    def __init__(self, config: RunConfig, adapter: Adapter | None = None,
+                 categories: Mapping[int, str] | None = None) -> None:
         super().__init__()
         self.config = config
-        self.save_hyperparameters({"config": config.model_dump(mode="json")})
+        if config.model.class_head and not categories:
+            raise ValueError("model.class_head needs the training data's categories")
+        hparams = {"config": config.model_dump(mode="json")}
+        if config.model.class_head:
+            hparams["categories"] = categories_json(categories)
+        self.save_hyperparameters(hparams)
         # Random parts drawn under the run's seed: ``samtune.runs.base_model`` rebuilds them.
         self.adapter = adapter if adapter is not None else base_model(config)
         self._configure_trainable()
+        if config.model.class_head:
+            with torch.random.fork_rng(devices=[]):  # the head's init: the run's seed as well
+                torch.manual_seed(config.seed)
+                attach_class_head(self.adapter, categories)
+            self.class_accuracy = MulticlassAccuracy(len(categories), average="micro",
+                                                     ignore_index=IGNORE)
         train = config.train  # after LoRA, which the fused attention calls through
         apply_fast_options(self.adapter, train.fused_attention, train.gradient_checkpointing,
                            train.compile)
@@ -161,35 +180,44 @@ class FineTuneModule(L.LightningModule):
     def forward_objects(
         self, batch: Batch, features: Features, generator: torch.Generator | None = None,
         rounds: int = 0,
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(logits (N, K, S, S), iou (N, K), low_res (N, K, h, w)) per round, objects in batch
-        order; round 0 uses the batch's prompts, each later round adds one click."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(logits (N, K, S, S), iou (N, K), low_res (N, K, h, w), class logits (N, K, C) or
+        None without a class head) per round, objects in batch order; round 0 uses the
+        batch's prompts, each later round adds one click."""
         n = batch.num_objects
+        head = self.adapter.class_head
         outputs = []
         groups = [(objects, prompts) for objects, prompts in batch.prompt_groups]
         for r in range(rounds + 1):
-            low_parts, iou_parts, order = [], [], []
+            parts, order = [], []
             for objects, prompts in groups:
-                low, iou = self.adapter.decode(features, prompts,
-                                               multimask_output=r == 0 and self.multimask(prompts))
-                low_parts.append(low)
-                iou_parts.append(iou)
+                multimask = r == 0 and self.multimask(prompts)
+                if head is None:
+                    parts.append(self.adapter.decode(features, prompts, multimask_output=multimask))
+                else:
+                    low, iou, tokens = self.adapter.decode_tokens(features, prompts, multimask)
+                    parts.append((low, iou, head(tokens)))
                 order.append(objects)
-            k = max(part.shape[1] for part in low_parts)
+            k = max(part[0].shape[1] for part in parts)
+            index = torch.cat(order)
             # where other prompts of the batch gave k candidates, one stands for k identical ones:
             # the loss and the IoU head see the same values as for the one
-            low_parts = [part.expand(-1, k, -1, -1) for part in low_parts]
-            iou_parts = [part.expand(-1, k) for part in iou_parts]
-            index = torch.cat(order)
-            low = torch.empty((n, *low_parts[0].shape[1:]), device=self.device, dtype=low_parts[0].dtype)
-            iou = torch.empty((n, iou_parts[0].shape[1]), device=self.device, dtype=iou_parts[0].dtype)
-            low[index] = torch.cat(low_parts)
-            iou[index] = torch.cat(iou_parts)
+            low, iou, *classes = (self._in_batch_order([p[i] for p in parts], index, n, k)
+                                  for i in range(len(parts[0])))
             logits = self.upsample(low)
-            outputs.append((logits, iou, low))
+            outputs.append((logits, iou, low, classes[0] if classes else None))
             if r < rounds:
                 groups = self._correct(groups, batch, logits, iou, low, generator)
         return outputs
+
+    def _in_batch_order(self, parts: list[torch.Tensor], index: torch.Tensor, n: int,
+                        k: int) -> torch.Tensor:
+        """Per-group (n_g, k_g, ...) outputs -> one (n, k, ...) tensor in batch order, a single
+        candidate standing for k."""
+        parts = [p.expand(-1, k, *p.shape[2:]) for p in parts]
+        out = torch.empty((n, k, *parts[0].shape[2:]), device=self.device, dtype=parts[0].dtype)
+        out[index] = torch.cat(parts)
+        return out
 
     def multimask(self, prompts: Prompts) -> bool:
         """Whether these prompts get three candidates in the first round
@@ -243,14 +271,30 @@ class FineTuneModule(L.LightningModule):
         targets, loss_valid = (self.low_res_targets(batch, valid) if low_res else (batch.targets, valid))
         num_masks = (objects_across_processes(batch.num_objects, self.device)
                      if stage == "train" else None)
+        classes = self.class_targets(batch)
         total, parts = 0.0, {}
-        for logits, iou, low in outputs:
+        for logits, iou, low, class_logits in outputs:
             out = self.loss(low if low_res else logits, targets, iou, valid=loss_valid,
                             num_masks=num_masks)
-            total = total + out.total / len(outputs)
-            for k, v in out.parts.items():
+            terms = dict(out.parts)
+            step_total = out.total
+            if class_logits is not None:
+                terms["class"] = class_loss(class_logits, classes, num_masks)
+                step_total = step_total + self.config.train.loss.class_weight * terms["class"]
+            total = total + step_total / len(outputs)
+            for k, v in terms.items():
                 parts[k] = parts.get(k, 0.0) + v.detach() / len(outputs)
         return total, parts, outputs[0], valid
+
+    def class_targets(self, batch: Batch) -> torch.Tensor | None:
+        """(N,) class index of each object for the class head; :data:`IGNORE` for an object
+        without a category the head knows, and for the empty target of a negative item."""
+        head = self.adapter.class_head
+        if head is None:
+            return None
+        classes = head.targets(batch.category_ids.to(self.device))
+        empty = ~batch.targets.flatten(1).any(dim=1)
+        return torch.where(empty, torch.full_like(classes, IGNORE), classes)
 
     def low_res_targets(self, batch: Batch, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets and valid pixels at the decoder's low-res size (area fraction > 0.5), for a
@@ -266,7 +310,7 @@ class FineTuneModule(L.LightningModule):
         """The loss, and each object's chosen low-res logits (``low_res``, detached) for the
         callbacks that keep them (``train.callbacks.PreviousLogits``)."""
         # every training item has an object: one without trains as a negative (datamodule)
-        total, parts, (logits, iou, low), _ = self._step(batch, "train")
+        total, parts, (logits, iou, low, _), _ = self._step(batch, "train")
         finite = bool(torch.isfinite(total.detach()).all())
         if not self._finite_everywhere(finite):
             self.nonfinite(f"loss is {float(total.detach())}" if not finite
@@ -292,14 +336,17 @@ class FineTuneModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if batch.num_objects == 0:
             return
-        total, parts, (logits, iou, _), valid = self._step(batch, "val")
+        total, parts, (logits, iou, _, class_logits), valid = self._step(batch, "val")
         size = len(batch)
         self.log("val/loss", total, batch_size=size, sync_dist=True)
         for k, v in parts.items():
             self.log(f"val/loss_{k}", v, batch_size=size, sync_dist=True)
         best = iou.argmax(dim=1)  # the candidate inference would pick
-        pred = logits[torch.arange(len(best)), best] > 0
+        rows = torch.arange(len(best))
+        pred = logits[rows, best] > 0
         self.val_metrics.update(pred, batch.targets, valid, batch.object_image)
+        if class_logits is not None:
+            self.class_accuracy.update(class_logits[rows, best], self.class_targets(batch))
 
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics.update_count == 0:
@@ -308,6 +355,9 @@ class FineTuneModule(L.LightningModule):
         for name, key in VAL_METRICS.items():
             self.log(f"val/{name}", values[key], prog_bar=name == "iou")
         self.val_metrics.reset()
+        if self.adapter.class_head is not None:
+            self.log("val/class_accuracy", self.class_accuracy.compute())
+            self.class_accuracy.reset()
 
     # --- divergence -----------------------------------------------------------------------
     def _finite_everywhere(self, finite: bool) -> bool:
@@ -392,6 +442,9 @@ class FineTuneModule(L.LightningModule):
             trainable = [p for p in params.values() if p.requires_grad]
             if trainable:
                 groups.append({"params": trainable, "lr": opt.group_lr.get(name, opt.lr), "name": name})
+        if self.adapter.class_head is not None:
+            groups.append({"params": list(self.adapter.class_head.parameters()),
+                           "lr": opt.group_lr.get("class_head", opt.lr), "name": "class_head"})
         optimizer = opt.build(groups)
         return {"optimizer": optimizer,
                 "lr_scheduler": self.config.train.schedule.build(optimizer, total_steps)}

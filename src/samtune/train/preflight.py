@@ -14,32 +14,27 @@ an image without objects then made a step that trained on nothing. Before the fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from samtune.data.sample import Sample
-from samtune.data.source import BadSample, Source, warn_problem
+from samtune.data.source import BadSample, category_names, sources_of, warn_problem
 from samtune.errors import SamtuneError
 from samtune.notices import notify
 
 
 @dataclass
 class SplitSummary:
-    """Images, objects, and the images without objects of one split."""
+    """Images, objects, the images without objects, and the objects per category id of
+    one split."""
 
     images: int = 0
     objects: int = 0
     empty: list[str] = field(default_factory=list)
-
-
-def sources_of(data: Sequence[Sample]) -> list[Source]:
-    """The dataset sources behind a split (a mixed or composited set holds several)."""
-    inner = getattr(data, "source", None)  # CompositeSource
-    if inner is not None:
-        return sources_of(inner)
-    return list(getattr(data, "sources", [data]))
+    categories: Counter[int] = field(default_factory=Counter)
 
 
 def summarize(data: Sequence[Sample]) -> SplitSummary:
@@ -60,6 +55,7 @@ def summarize(data: Sequence[Sample]) -> SplitSummary:
                     warn_problem(problem)
             out.images += 1
             out.objects += len(sample)
+            out.categories.update(sample.category_ids or [])
             if len(sample) == 0:
                 out.empty.append(f"{getattr(source, 'name', '?')}:{sample.path}")
     return out
@@ -90,3 +86,18 @@ def preflight(train: Sequence[Sample], val: Sequence[Sample]) -> tuple[SplitSumm
         notify(f"the {v.images} validation image(s) hold no objects ({_names(v.empty)}): "
                "validation cannot measure the model")
     return t, v
+
+
+def head_categories(train: Sequence[Sample], summary: SplitSummary) -> dict[int, str]:
+    """The classes of ``model.class_head``: the categories with objects in the training data
+    (a declared category without any, such as Roboflow's super-category 0, is not one), with
+    their names; two at least, else a one-line error that says what the data holds."""
+    names: Mapping[int, str] = category_names(train)
+    ids = sorted(c for c, n in summary.categories.items() if n > 0)
+    if len(ids) < 2:
+        held = (f"objects of one category only ({names.get(ids[0], ids[0])!r})" if ids
+                else "no category ids (a folder of masks or label maps has none)")
+        raise SamtuneError(f"model.class_head learns the data's categories, and the training "
+                           f"data has {held}: train on a COCO file with two categories or "
+                           "more, or set model.class_head: false")
+    return {c: names.get(c, f"category {c}") for c in ids}

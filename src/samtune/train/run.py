@@ -40,6 +40,7 @@ from samtune.data.prompts import PreviousLogitsStore
 from samtune.errors import SamtuneError, SamtuneWarning
 from samtune.files import check_writable, remove_leftovers, write_text
 from samtune.models.checkpoints import samtune_home
+from samtune.models.class_head import restore_categories
 from samtune.notices import notify
 from samtune.runs import load_checkpoint_file, remove_checkpoint_files, resume_candidates
 from samtune.train.cache import EmbeddingCache, model_key, preprocess_key
@@ -54,7 +55,7 @@ from samtune.train.callbacks import (
 )
 from samtune.train.logs import RunCSVLogger, keep_rows_before, metrics_path
 from samtune.train.module import FineTuneModule
-from samtune.train.preflight import preflight
+from samtune.train.preflight import head_categories, preflight
 from samtune.train.progress import StepProgressBar
 
 
@@ -93,9 +94,12 @@ def train(config: RunConfig, resume: bool = False) -> TrainResult:
     val_data = open_dataset(config.data, "val")
     if len(train_data) == 0:
         raise SamtuneError("the training data holds no images")
-    _, val_summary = preflight(train_data, val_data)
+    train_summary, val_summary = preflight(train_data, val_data)
     has_val = val_summary.objects > 0
-    module = FineTuneModule(config).train()
+    categories = head_categories(train_data, train_summary) if config.model.class_head else None
+    if categories is not None and start is not None:
+        check_resumed_categories(start, categories)
+    module = FineTuneModule(config, categories=categories).train()
     write_text(run_dir / "config.yaml", to_yaml(config))
     csv_file = metrics_path(run_dir)
     if start is None:  # a fresh history: rows of an attempt that saved nothing are redone
@@ -227,6 +231,17 @@ def resume_point(run_dir: Path) -> Path | None:
     warnings.warn(f"{run_dir}: no checkpoint of a training step yet (stopped before the "
                   "first save); training it from step 0", SamtuneWarning, stacklevel=2)
     return None
+
+
+def check_resumed_categories(checkpoint: Path, categories: dict[int, str]) -> None:
+    """Refuse to resume a class-head run whose training data now has other categories: the
+    head's outputs are the categories it was built with."""
+    saved = restore_categories((load_checkpoint_file(checkpoint).get("hyper_parameters") or {})
+                               .get("categories"))
+    if saved is not None and sorted(saved) != sorted(categories):
+        raise SamtuneError(f"{checkpoint}: its class head has categories {sorted(saved)}, the "
+                           f"training data now {sorted(categories)}: resume with the data it "
+                           "was trained on, or train a new run")
 
 
 def checkpoint_step(checkpoint: Path) -> int:

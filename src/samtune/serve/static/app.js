@@ -374,6 +374,11 @@ function renderMetrics() {
     if (S.mode === "auto" && S.auto && S.auto[m.id]) {
       const a = S.auto[m.id];
       el.textContent = `${a.masks.length} masks (IoU threshold ${a.pred_iou_thresh}), ${(a.ms / 1000).toFixed(1)} s`;
+      if (a.masks.length && a.masks[0].category !== undefined) {  // a model with a class head
+        const counts = {};
+        for (const r of a.masks) counts[r.category] = (counts[r.category] || 0) + 1;
+        el.textContent += ": " + Object.entries(counts).map(([c, n]) => `${n} ${c}`).join(", ");
+      }
       accept.disabled = true;
       continue;
     }
@@ -382,6 +387,7 @@ function renderMetrics() {
     if (!res) { el.textContent = S.prompts.length ? "..." : ""; continue; }
     const k = res.selected;
     let text = `predicted IoU ${res.scores[k].toFixed(3)}`;
+    if (res.categories) text = `${res.categories[k].name} (${res.categories[k].score.toFixed(2)}) · ${text}`;
     if (res.truth_iou) text += ` · IoU vs ground truth ${res.truth_iou[k].toFixed(3)} (object ${res.truth_object[k] + 1})`;
     text += ` · ${res.areas[k]} px`;
     el.textContent = text;
