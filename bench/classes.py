@@ -1,20 +1,21 @@
-"""Does the class head learn the data's categories, and does it leave the masks alone?
+"""Does the class head learn the data's categories?
 
 LiteMedSAM from its bundled checkpoint, on generated COCO data whose objects are rings,
 ellipses, rectangles and cables, each filled with a random texture (so only the shape tells
-the class). Per seed, two runs train the mask decoder on cached embeddings with the same
-steps, prompts and loss, one with ``model.class_head: true``; both are then scored on the test
-images, which no run sees, as ``samtune eval`` scores them:
+the class). Per seed, a run trains the mask decoder on cached embeddings with
+``model.class_head: true`` (the head sends no gradient into the decoder, so the masks are the
+ones the same run without a head trains: ``tests/train/test_class_head.py``), and is scored on
+the test images, which no run sees, as ``samtune eval`` scores them:
 
-- box and one-point masks: IoU of both runs (the head must not cost mask quality) and the
-  head's category accuracy against the majority class of the training objects (chance);
+- box and one-point masks: IoU, and the head's category accuracy against the majority class of
+  the training objects (chance), with the recall per category;
 - automatic masks (a 16 x 16 point grid): COCO mask AP class-agnostic and class-aware with the
   head's labels.
 
 ``bench/results/classes_<device>.json`` keeps the table.
 
     .venv/bin/python bench/classes.py                   # CPU, the README's figures
-    .venv/bin/python bench/classes.py --seeds 0 1 2 --steps 120
+    .venv/bin/python bench/classes.py --seeds 0 1 2 --steps 300
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import torch
 
 KINDS = ("ring", "ellipse", "rectangle", "cable")
 MODES = ("box", "point", "auto")
-AMG = {"points_per_side": 16, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.85}
+#: lower than the official filters: LiteMedSAM is a box model, and its one-point masks
+#: score below SAM's 0.88 predicted IoU
+AMG = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
 
 
 def make_data(root: Path, counts: dict[str, int], seed: int) -> Path:
@@ -45,7 +48,7 @@ def make_data(root: Path, counts: dict[str, int], seed: int) -> Path:
     return root
 
 
-def config(data: Path, out: Path, name: str, seed: int, args, class_head: bool):
+def config(data: Path, out: Path, name: str, seed: int, args, class_head: bool = True):
     from samtune.config import build_run_config
 
     return build_run_config(None, [
@@ -95,7 +98,7 @@ def chance(data: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--train", type=int, default=24)
@@ -112,14 +115,12 @@ def main() -> None:
         for seed in args.seeds:
             data = make_data(tmp / f"data-{seed}", {"train": args.train, "val": 4, "test": args.test}, seed)
             row = {"seed": seed, "chance_accuracy": chance(data)}
-            for head in (False, True):
-                name = f"{'head' if head else 'plain'}-{seed}"
-                start = time.perf_counter()
-                train(config(data, tmp / "runs", name, seed, args, head))
-                row[f"{name.split('-')[0]}_train_s"] = round(time.perf_counter() - start, 1)
-                model = load_model(tmp / "runs" / name)
-                row[name.split("-")[0]] = score(model, data)
-                print(json.dumps(row), flush=True)
+            start = time.perf_counter()
+            result = train(config(data, tmp / "runs", f"head-{seed}", seed, args, True))
+            row["train_s"] = round(time.perf_counter() - start, 1)
+            row["val_class_accuracy"] = result.final_metrics.get("val/class_accuracy")
+            row.update(score(load_model(tmp / "runs" / f"head-{seed}" / "checkpoints" / "last.ckpt"), data))
+            print(json.dumps(row), flush=True)
             rows.append(row)
     result = {"bench": "classes", "device": "cpu", "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -127,13 +128,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "classes_cpu.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    for row in rows:
-        p, h = row["plain"], row["head"]
-        print(f"seed {row['seed']}: box IoU {p['box_iou']:.3f} -> {h['box_iou']:.3f} with head, "
-              f"point {p['point_iou']:.3f} -> {h['point_iou']:.3f}; class accuracy box "
-              f"{h['box_class_accuracy']:.3f} point {h['point_class_accuracy']:.3f} "
-              f"(chance {row['chance_accuracy']:.3f}); auto AP {h['auto_AP']:.3f}, "
-              f"class-aware {h['auto_class_AP']:.3f}")
+    for h in rows:
+        print(f"seed {h['seed']}: class accuracy box {h['box_class_accuracy']:.3f} point "
+              f"{h['point_class_accuracy']:.3f} (chance {h['chance_accuracy']:.3f}); box IoU "
+              f"{h['box_iou']:.3f}, point {h['point_iou']:.3f}; auto AP {h['auto_AP']:.3f}, "
+              f"class-aware {h['auto_class_AP']:.3f}; trained in {h['train_s']} s")
     print(f"wrote {path}")
 
 

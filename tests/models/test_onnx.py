@@ -204,5 +204,6 @@ def test_onnx_decoder_of_a_model_with_a_class_head_gives_its_probabilities(tmp_p
         embedded = adapter.encode(pre.images)
         prompts = Prompts(torch.zeros(2, dtype=torch.long), boxes=boxes)
         for multimask, keep in ((False, slice(0, 1)), (True, slice(1, 4))):
-            _, _, tokens = adapter.decode_tokens(embedded, prompts, multimask)
-            np.testing.assert_allclose(probs[:, keep], head(tokens).softmax(-1).numpy(), atol=1e-4)
+            low, _, tokens = adapter.decode_tokens(embedded, prompts, multimask)
+            want = head(tokens, embedded.image_embed, low, prompts.image_index).softmax(-1)
+            np.testing.assert_allclose(probs[:, keep], want.numpy(), atol=1e-4)

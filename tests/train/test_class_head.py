@@ -227,3 +227,30 @@ def test_resuming_with_other_categories_is_refused(trained_run):
     check_resumed_categories(last, dict(NAMES))  # the same: resumes
     with pytest.raises(SamtuneError, match=r"class head has categories \[1, 2, 3\], the training data now \[1, 2\]"):
         check_resumed_categories(last, {1: "ellipse", 2: "rectangle"})
+
+
+def test_the_head_sends_no_gradient_into_the_decoder(coco_root, tmp_path):
+    """The class loss trains the head only: the decoder's gradient is the mask loss's, with
+    the head's cross-entropy weighted 1 or 0."""
+    from samtune.data.batch import Collator
+    from samtune.data.datamodule import SamDataModule
+    from samtune.data.mixing import open_dataset
+    from samtune.train.module import FineTuneModule
+
+    grads = []
+    for weight in (1.0, 0.0):
+        config = coco_config(coco_root, tmp_path, f"train.loss.class_weight={weight}")
+        module = FineTuneModule(config, categories=NAMES).train()
+        data = SamDataModule(open_dataset(config.data, "train"), Collator.for_model(module.adapter),
+                             prompts=config.prompts, batch_size=2, seed=0)
+        batch = next(iter(data.train_dataloader()))
+        total, parts, *_ = module._step(batch, "train")
+        assert parts["class"] > 0
+        total.backward()
+        grads.append({n: p.grad.clone() for n, p in module.adapter.model.named_parameters()
+                      if p.grad is not None})
+        head_moves = [bool(p.grad.abs().sum() > 0) for p in module.adapter.class_head.parameters()]
+        assert all(head_moves) == (weight > 0) and any(head_moves) == (weight > 0)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0, atol=0, msg=name)

@@ -109,7 +109,8 @@ class _Optimizer(_Section):
     weight_decay: float = Field(1e-2, ge=0)
     group_lr: dict[Group | Literal["class_head"], float] = {}
     """Learning rate per parameter group, overriding ``lr`` (e.g. a smaller one for the
-    image encoder in a full fine-tune); ``class_head`` for the head of ``model.class_head``."""
+    image encoder in a full fine-tune); ``class_head`` for the head of ``model.class_head``
+    (default 10 x ``lr``: it starts from random weights)."""
     grad_clip: float | None = Field(None, gt=0)
     """Clip the gradient norm to this value (Lightning's gradient_clip_val)."""
 

@@ -304,8 +304,10 @@ class AutomaticMaskGenerator:
             low_res, iou = self.model.decode(features, prompts, self.multimask_output)
             classes = iou.new_zeros((*iou.shape, 0))
         else:
-            low_res, iou, tokens = self.model.decode_tokens(features, prompts, self.multimask_output)
-            classes = head(tokens).float().softmax(-1)
+            low_res, iou, tokens = self.model.decode_tokens(features, prompts,
+                                                            self.multimask_output)
+            classes = head(tokens, features.image_embed, low_res, prompts.image_index)
+            classes = classes.float().softmax(-1)
         k = low_res.shape[1]
         low_res, iou, classes = low_res.flatten(0, 1), iou.flatten(0, 1), classes.flatten(0, 1)
         point = torch.arange(start, start + n, device=device).repeat_interleave(k)

@@ -155,7 +155,8 @@ def _prompted(predictor: Predictor, name: str, image: np.ndarray, objects: list[
     head, labels = predictor.model.class_head, None
     if head is not None:
         probs = predictor.class_probs[rows, best]
-        labels = [(head.ids[i], head.names[i], float(p[i])) for i, p in zip(probs.argmax(-1), probs)]
+        labels = [(head.ids[i], head.names[i], float(p[i]))
+                  for i, p in zip(probs.argmax(-1), probs)]
     return ImagePrediction(name, image, candidates[rows, best], scores[rows, best], prompts=objects,
                            candidates=candidates if multimask else None, labels=labels)
 

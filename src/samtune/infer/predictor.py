@@ -289,7 +289,8 @@ class Predictor:
             probs = scores.new_zeros((*scores.shape, 0))
         else:
             low_res, scores, tokens = self.model.decode_tokens(features, prompts, multimask_output)
-            probs = head(tokens).float().softmax(-1)
+            probs = head(tokens, features.image_embed, low_res, prompts.image_index)
+            probs = probs.float().softmax(-1)
         masks = self.model.postprocess(low_res, input_size, size)
         if not return_logits:
             masks = masks > self.mask_threshold

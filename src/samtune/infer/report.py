@@ -345,7 +345,8 @@ def _class_table(metrics: Mapping[str, Any]) -> list[str]:
         lines += [("Automatic masks with the head's labels, class-aware COCO mask AP (a mask "
                    "counts only on objects of its label):"), "",
                   "| category | objects | AP | AP50 |", "| --- | ---: | ---: | ---: |",
-                  f"| all (mean) | | {_fmt(classes['all']['AP'])} | {_fmt(classes['all']['AP50'])} |"]
+                  f"| all (mean) | | {_fmt(classes['all']['AP'])} | "
+                  f"{_fmt(classes['all']['AP50'])} |"]
         lines += [f"| {c['name']} | {c['n_objects']} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} |"
                   for c in classes["per_category"].values()]
         lines.append("")

@@ -314,7 +314,8 @@ class Adapter(nn.Module, ABC):
         (N, K) IoU and (N, K, D) tokens (what a class head reads), from
         :meth:`decode_all_tokens`."""
         sparse, dense = self.embed_prompts(prompts)
-        masks, iou, tokens = self.decode_all_tokens(features.select(prompts.image_index), sparse, dense)
+        selected = features.select(prompts.image_index)
+        masks, iou, tokens = self.decode_all_tokens(selected, sparse, dense)
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou[:, keep], tokens[:, keep]
 

@@ -115,7 +115,9 @@ class DecoderGraph(nn.Module):
         masks, iou, tokens = self.adapter.decode_all_tokens(features, sparse, dense)
         out = (self._upscale(masks, orig_im_size), iou, masks)
         head = self.adapter.class_head
-        return out if head is None else (*out, head(tokens).softmax(-1))
+        if head is None:
+            return out
+        return (*out, head(tokens, features.image_embed, masks).softmax(-1))
 
 
 def example_inputs(adapter: Adapter, objects: int = 2, points: int = 3) -> dict[str, torch.Tensor]:
