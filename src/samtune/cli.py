@@ -255,7 +255,7 @@ def _print_result(result) -> None:
         console.print("no validation beat the base model: best.ckpt holds the base weights",
                       highlight=False)
     base, final, best = result.base_metrics, result.final_metrics, result.best_metrics
-    names = [k for k in ("val/iou", "val/dice", "val/boundary_f1") if k in final]
+    names = [k for k in ("val/iou", "val/dice", "val/boundary_f1", "val/class_accuracy") if k in final]
     for name in names:
         before = f"{base[name]:.4f}" if name in base else "-"
         line = f"{name}: base {before} -> last (step {result.last_step}) {final[name]:.4f}"
